@@ -1,0 +1,23 @@
+# eventstore: PGXS build.  `make && make install`, then see README.md.
+
+EXTENSION = eventstore
+EXTVERSION = 0.1.0
+MODULE_big = eventstore
+OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
+DATA = $(EXTENSION)--$(EXTVERSION).sql
+PGFILEDESC = "eventstore - event store and transactional outbox"
+
+PG_CPPFLAGS = -Isrc
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+SHLIB_LINK = -lrdkafka -ljansson
+
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+REGRESS_OPTS = --load-extension=$(EXTENSION)
+ISOLATION = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --load-extension=$(EXTENSION)
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,172 @@
+\echo Use "CREATE EXTENSION eventstore" to load this file. \quit
+
+-- The head of each stream: one row per stream, locked by appenders so that
+-- appends to one stream serialise while appends to different streams never
+-- wait for each other.
+CREATE TABLE eventstore.streams (
+	stream_id text PRIMARY KEY,
+	version bigint NOT NULL CHECK (version >= 0)
+);
+
+-- Every event ever appended.  Rows are immutable (see the trigger below).
+CREATE TABLE eventstore.events (
+	global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	stream_id text NOT NULL,
+	stream_version bigint NOT NULL CHECK (stream_version > 0),
+	event_id uuid NOT NULL UNIQUE,
+	event_type text NOT NULL CHECK (event_type <> ''),
+	data jsonb NOT NULL,
+	metadata jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
+	recorded_at timestamptz NOT NULL DEFAULT now(),
+	category text NOT NULL GENERATED ALWAYS AS (split_part(stream_id, '-', 1)) STORED,
+	UNIQUE (stream_id, stream_version)
+);
+CREATE INDEX events_category_position_idx
+	ON eventstore.events (category, global_position);
+
+-- Snapshots of folded aggregate state.  A snapshot belongs to one revision of
+-- its category's reducer; load_aggregate ignores snapshots of other revisions.
+CREATE TABLE eventstore.snapshots (
+	stream_id text NOT NULL,
+	stream_version bigint NOT NULL CHECK (stream_version > 0),
+	state jsonb NOT NULL,
+	revision integer NOT NULL DEFAULT 0,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (stream_id, revision, stream_version)
+);
+
+-- The aggregate registry: one reducer per category.
+CREATE TABLE eventstore.aggregates (
+	category text PRIMARY KEY,
+	reducer regprocedure NOT NULL,
+	snapshot_every integer NOT NULL CHECK (snapshot_every > 0),
+	revision integer NOT NULL CHECK (revision > 0),
+	registered_at timestamptz NOT NULL DEFAULT now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('eventstore.streams', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.events', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.snapshots', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.aggregates', '');
+
+-- Events are immutable: refuse UPDATE, DELETE and TRUNCATE.
+CREATE FUNCTION eventstore.refuse_event_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+	RAISE EXCEPTION 'events are immutable: % on eventstore.events is not allowed', TG_OP
+		USING ERRCODE = 'restrict_violation',
+			  HINT = 'Append a compensating event instead.';
+END
+$$;
+CREATE TRIGGER events_immutable
+	BEFORE UPDATE OR DELETE ON eventstore.events
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstore.refuse_event_change();
+CREATE TRIGGER events_no_truncate
+	BEFORE TRUNCATE ON eventstore.events
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstore.refuse_event_change();
+
+CREATE FUNCTION eventstore.append(stream_id text, expected_version bigint, events jsonb)
+RETURNS bigint
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_append';
+
+CREATE FUNCTION eventstore.append_event(stream_id text, expected_version bigint,
+	event_type text, data jsonb, metadata jsonb DEFAULT NULL, event_id uuid DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_append_event';
+
+CREATE FUNCTION eventstore.stream_version(stream_id text) RETURNS bigint
+LANGUAGE sql STABLE STRICT
+RETURN coalesce((SELECT s.version FROM eventstore.streams s
+				 WHERE s.stream_id OPERATOR(pg_catalog.=) stream_version.stream_id), 0);
+
+CREATE FUNCTION eventstore.read_stream(stream_id text, from_version bigint DEFAULT 1,
+	max_count integer DEFAULT NULL)
+RETURNS SETOF eventstore.events
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF stream_id IS NULL THEN
+		RAISE EXCEPTION 'stream_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF max_count < 0 THEN
+		RAISE EXCEPTION 'max_count must not be negative: %', max_count
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		SELECT e.* FROM eventstore.events e
+		WHERE e.stream_id = read_stream.stream_id
+		  AND e.stream_version >= coalesce(from_version, 1)
+		ORDER BY e.stream_version
+		LIMIT max_count;
+END
+$$;
+
+-- The position below which every event that will ever commit is already
+-- visible (see docs/reference.md, "read_all and the horizon").
+CREATE FUNCTION eventstore.read_horizon() RETURNS bigint
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_read_horizon';
+
+CREATE FUNCTION eventstore.read_all(from_position bigint DEFAULT 0,
+	max_count integer DEFAULT 1000, category text DEFAULT NULL)
+RETURNS SETOF eventstore.events
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	horizon bigint;
+BEGIN
+	IF max_count < 0 THEN
+		RAISE EXCEPTION 'max_count must not be negative: %', max_count
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The horizon is taken before the query below takes its snapshot, so
+	-- every transaction that held it back has ended by then (see the docs).
+	horizon := eventstore.read_horizon();
+	RETURN QUERY
+		SELECT e.* FROM eventstore.events e
+		WHERE e.global_position > coalesce(from_position, 0)
+		  AND e.global_position < horizon
+		  AND (read_all.category IS NULL OR e.category = read_all.category)
+		ORDER BY e.global_position
+		LIMIT max_count;
+END
+$$;
+
+-- The open transactions that hold read_all's horizon back, oldest first.
+CREATE VIEW eventstore.horizon_holders AS
+	SELECT l.pid,
+		   ((l.classid::bigint << 32) | l.objid::bigint) AS holds_from_position,
+		   a.xact_start,
+		   pg_catalog.now() - a.xact_start AS xact_age,
+		   a.state,
+		   a.application_name,
+		   a.query
+	FROM pg_catalog.pg_locks l
+	LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+	WHERE l.locktype = 'advisory'
+	  AND l.objsubid = 17745
+	  AND l.granted
+	  AND l.database = (SELECT oid FROM pg_catalog.pg_database
+						WHERE datname = pg_catalog.current_database())
+	ORDER BY holds_from_position;
+
+CREATE FUNCTION eventstore.load_aggregate(stream_id text, as_of_version bigint DEFAULT NULL)
+RETURNS TABLE(stream_id text, version bigint, state jsonb, snapshot_version bigint, events jsonb)
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_load_aggregate';
+
+CREATE FUNCTION eventstore.save_snapshot(stream_id text, version bigint, state jsonb)
+RETURNS void
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_save_snapshot';
+
+CREATE FUNCTION eventstore.register_aggregate(category text, reducer regprocedure,
+	snapshot_every integer DEFAULT 100, revision integer DEFAULT 1)
+RETURNS void
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_register_aggregate';
+
+-- Nothing is granted to PUBLIC: see docs/reference.md, "Privileges".
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;

@@ -1,0 +1,147 @@
+/*
+ * common.c
+ *		Helpers shared by the SQL-callable functions: argument checks, the
+ *		switch to the extension's owner for writes, cached SPI plans and the
+ *		stream head lookup.
+ *
+ * The SQL functions run as their caller (SECURITY INVOKER), so a reducer or a
+ * read runs with the caller's privileges.  Writes to the extension's tables
+ * are done as the owner of the eventstore schema instead: an application role
+ * that may execute append() can append, but cannot INSERT into
+ * eventstore.events directly and bypass the version check.  Every query text
+ * here names its schema and qualifies its operators, so a caller's
+ * search_path cannot redirect them.
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/syscache.h"
+#include "catalog/pg_namespace.h"
+
+#include "eventstore.h"
+
+/* The OID of the eventstore schema */
+Oid
+EsSchemaOid(void)
+{
+	return get_namespace_oid("eventstore", false);
+}
+
+/* Run what follows as the owner of the eventstore schema */
+void
+EsBecomeOwner(EsSavedUser *saved)
+{
+	HeapTuple	tuple;
+	Oid			owner;
+
+	tuple = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(EsSchemaOid()));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for the eventstore schema");
+	owner = ((Form_pg_namespace) GETSTRUCT(tuple))->nspowner;
+	ReleaseSysCache(tuple);
+
+	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
+	SetUserIdAndSecContext(owner,
+						   saved->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+/*
+ * Switch back to the user saved by EsBecomeOwner().  On an error the
+ * transaction's abort restores the user, so callers need no PG_TRY.
+ */
+void
+EsRestoreUser(const EsSavedUser *saved)
+{
+	SetUserIdAndSecContext(saved->userid, saved->sec_context);
+}
+
+/* Prepare a query once per backend and keep the plan in *cache */
+SPIPlanPtr
+EsPlan(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*cache = plan;
+	}
+	return *cache;
+}
+
+/* Execute a kept plan; a negative result code is a can't-happen error */
+void
+EsSpiExec(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
+		  int expected)
+{
+	int			rc = SPI_execute_plan(plan, values, nulls, read_only, 0);
+
+	if (rc != expected)
+		elog(ERROR, "SPI_execute_plan returned %s",
+			 SPI_result_code_string(rc));
+}
+
+/* The stream id argument: NULL and the empty string are rejected */
+text *
+EsCheckStreamId(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *stream_id;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stream_id must not be null")));
+	stream_id = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(stream_id) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream_id must not be empty")));
+	return stream_id;
+}
+
+/* The stream's current version, 0 when it has no events (SPI connected) */
+int64
+EsStreamVersion(text *stream_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+	Datum		version;
+
+	EsPlan(&plan,
+		   "SELECT version FROM eventstore.streams"
+		   " WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		   1, argtypes);
+	values[0] = PointerGetDatum(stream_id);
+	EsSpiExec(plan, values, NULL, false, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return 0;
+	version = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+							&isnull);
+	return DatumGetInt64(version);
+}
+
+/* A stream's category: the part of its id before the first '-' */
+char *
+EsCategoryOf(const char *stream_id)
+{
+	const char *dash = strchr(stream_id, '-');
+
+	return dash ? pnstrdup(stream_id, dash - stream_id) : pstrdup(stream_id);
+}
+
+/* Whether two jsonb values are equal, as jsonb's = operator says */
+bool
+EsJsonbEqual(Jsonb *a, Jsonb *b)
+{
+	return DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a),
+											JsonbPGetDatum(b)));
+}

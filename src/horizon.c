@@ -1,0 +1,139 @@
+/*
+ * horizon.c
+ *		read_all's horizon: the global position below which every event that
+ *		will ever commit is already visible.
+ *
+ * Positions come from a sequence as rows are inserted, but transactions
+ * commit in another order: a reader paging by the last position it saw
+ * would skip an event whose position was taken before, but committed after,
+ * a larger one it already returned.
+ *
+ * So a transaction that is about to take its first position announces a
+ * lower bound of the positions it will take (the sequence's last value + 1):
+ * it takes a share lock on an advisory lock tag of its own key space
+ * (objsubid ES_HORIZON_LOCK_SPACE) that carries that bound, in the top
+ * transaction's resource owner, so it is held until the transaction ends,
+ * whatever savepoints do.  Locks are released after the transaction is
+ * visible as committed (or aborted) to new snapshots.
+ *
+ * A reader first reads the sequence's last value V, then the lock table; the
+ * horizon is the smallest announced bound, or V + 1 when there is none.  A
+ * writer missing from the lock table either ended before the reader looked
+ * (its events are visible to the snapshot the reader takes next) or takes
+ * its first position after the reader read V (so above V).  The reader must
+ * take its snapshot after computing the horizon, which only READ COMMITTED
+ * does; read_all refuses to run under a transaction snapshot.
+ *
+ * Using the lock manager rather than shared memory of our own means the
+ * extension needs no shared_preload_libraries for this, entries vanish with
+ * their transaction even on a crash, and pg_locks shows who holds the
+ * horizon back (the view eventstore.horizon_holders).
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/lsyscache.h"
+#include "utils/resowner.h"
+
+#include "compat.h"
+#include "eventstore.h"
+
+/* locktag_field4 of our advisory locks; SQL's advisory locks use 1 and 2 */
+#define ES_HORIZON_LOCK_SPACE 17745
+
+/* The local transaction that already holds its horizon lock */
+static LocalTransactionId horizon_lxid = InvalidLocalTransactionId;
+
+/* The last value taken from the events' position sequence, 0 if none yet */
+static int64
+EsLastPosition(void)
+{
+	Oid			seqoid;
+	EsSavedUser saved;
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		result;
+
+	seqoid = get_relname_relid("events_global_position_seq", EsSchemaOid());
+	if (!OidIsValid(seqoid))
+		elog(ERROR, "sequence eventstore.events_global_position_seq not found");
+
+	/* pg_sequence_last_value returns NULL before the first nextval */
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = ObjectIdGetDatum(seqoid);
+	fcinfo->args[0].isnull = false;
+	EsBecomeOwner(&saved);
+	result = pg_sequence_last_value(fcinfo);
+	EsRestoreUser(&saved);
+	return fcinfo->isnull ? 0 : DatumGetInt64(result);
+}
+
+/* Fill in the lock tag that announces lower bound 'bound' */
+static void
+EsHorizonTag(LOCKTAG *tag, uint64 bound)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (bound >> 32),
+						 (uint32) bound, ES_HORIZON_LOCK_SPACE);
+}
+
+/*
+ * Announce, once per transaction and before taking a position, the smallest
+ * position this transaction can take.
+ */
+void
+EsHoldHorizon(void)
+{
+	LOCKTAG		tag;
+	ResourceOwner saved_owner;
+
+	if (horizon_lxid == EsMyLocalXid())
+		return;
+
+	EsHorizonTag(&tag, (uint64) EsLastPosition() + 1);
+	saved_owner = CurrentResourceOwner;
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	(void) LockAcquire(&tag, ShareLock, false, false);
+	CurrentResourceOwner = saved_owner;
+	horizon_lxid = EsMyLocalXid();
+}
+
+PG_FUNCTION_INFO_V1(eventstore_read_horizon);
+
+/* SQL: eventstore.read_horizon() -> bigint */
+Datum
+eventstore_read_horizon(PG_FUNCTION_ARGS)
+{
+	int64		horizon;
+	LockData   *locks;
+	int			i;
+
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("read_all requires the READ COMMITTED isolation level"),
+				 errdetail("Under a transaction snapshot read_all could skip events that commit later with a smaller position."),
+				 errhint("Call read_all outside an explicit REPEATABLE READ or SERIALIZABLE transaction.")));
+
+	/* First the sequence, then the lock table: see the file header */
+	horizon = EsLastPosition() + 1;
+	locks = GetLockStatusData();
+	for (i = 0; i < locks->nelements; i++)
+	{
+		LOCKTAG    *tag = &locks->locks[i].locktag;
+		int64		bound;
+
+		if (tag->locktag_type != LOCKTAG_ADVISORY ||
+			tag->locktag_field4 != ES_HORIZON_LOCK_SPACE ||
+			tag->locktag_field1 != MyDatabaseId ||
+			locks->locks[i].holdMask == 0)
+			continue;
+		bound = (int64) (((uint64) tag->locktag_field2 << 32) |
+						 tag->locktag_field3);
+		horizon = Min(horizon, bound);
+	}
+	PG_RETURN_INT64(horizon);
+}
