@@ -1,0 +1,69 @@
+-- Nothing is granted to PUBLIC; the GRANTs of docs/reference.md give an
+-- application writer and a reader exactly what they need.
+CREATE ROLE regress_es_nobody;
+CREATE ROLE regress_es_reader;
+CREATE ROLE regress_es_writer;
+
+-- the reader role, as in the docs
+GRANT USAGE ON SCHEMA eventstore TO regress_es_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA eventstore TO regress_es_reader;
+GRANT EXECUTE ON FUNCTION
+	eventstore.stream_version(text),
+	eventstore.read_stream(text, bigint, integer),
+	eventstore.read_all(bigint, integer, text),
+	eventstore.read_horizon(),
+	eventstore.load_aggregate(text, bigint)
+	TO regress_es_reader;
+-- the writer role: a reader that may also append and save snapshots
+GRANT regress_es_reader TO regress_es_writer;
+GRANT EXECUTE ON FUNCTION
+	eventstore.append(text, bigint, jsonb),
+	eventstore.append_event(text, bigint, text, jsonb, jsonb, uuid),
+	eventstore.save_snapshot(text, bigint, jsonb)
+	TO regress_es_writer;
+
+-- no function of the extension is executable by PUBLIC
+SELECT p.proname FROM pg_proc p
+WHERE p.pronamespace = 'eventstore'::regnamespace
+  AND has_function_privilege('regress_es_nobody', p.oid, 'EXECUTE');
+
+SET ROLE regress_es_nobody;
+SELECT eventstore.append('priv-1', 0, '{"type": "A", "data": 1}');
+SELECT count(*) FROM eventstore.events;
+RESET ROLE;
+
+SET ROLE regress_es_writer;
+SELECT eventstore.append('priv-1', 0, '{"type": "A", "data": 1}');
+SELECT eventstore.append_event('priv-1', 1, 'B', '2');
+SELECT eventstore.save_snapshot('priv-1', 2, '{"n": 2}');
+-- appends only through append(): no direct writes
+INSERT INTO eventstore.events (stream_id, stream_version, event_id, event_type, data)
+VALUES ('priv-1', 3, gen_random_uuid(), 'C', '3');
+UPDATE eventstore.streams SET version = 0 WHERE stream_id = 'priv-1';
+SELECT eventstore.register_aggregate('priv', 'jsonb_concat(jsonb, jsonb)');
+RESET ROLE;
+
+SET ROLE regress_es_reader;
+SELECT stream_version, event_type FROM eventstore.read_stream('priv-1');
+SELECT count(*) FROM eventstore.read_all() WHERE stream_id = 'priv-1';
+SELECT version, state, snapshot_version FROM eventstore.load_aggregate('priv-1');
+SELECT eventstore.stream_version('priv-1');
+SELECT eventstore.append('priv-1', 2, '{"type": "C", "data": 3}');
+SELECT eventstore.save_snapshot('priv-1', 2, '{}');
+RESET ROLE;
+
+-- the reducer runs as the caller: a reader without EXECUTE on it cannot fold
+CREATE FUNCTION priv_reducer(state jsonb, event eventstore.events) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('last', event.event_type) $$;
+REVOKE ALL ON FUNCTION priv_reducer(jsonb, eventstore.events) FROM PUBLIC;
+SELECT eventstore.register_aggregate('priv', 'priv_reducer(jsonb, eventstore.events)');
+SET ROLE regress_es_reader;
+SELECT state FROM eventstore.load_aggregate('priv-1');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION priv_reducer(jsonb, eventstore.events) TO regress_es_reader;
+SET ROLE regress_es_reader;
+SELECT state FROM eventstore.load_aggregate('priv-1');
+RESET ROLE;
+
+DROP OWNED BY regress_es_nobody, regress_es_reader, regress_es_writer;
+DROP ROLE regress_es_nobody, regress_es_reader, regress_es_writer;
