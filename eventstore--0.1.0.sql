@@ -168,5 +168,92 @@ RETURNS void
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'eventstore_register_aggregate';
 
+-- Routes: while a route exists, append() also enqueues each appended event
+-- of the category for the topic.  Category '*' routes every category that
+-- has no route of its own.
+CREATE TABLE eventstore.routes (
+	category text PRIMARY KEY,
+	topic text NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The transactional outbox.  A row for a routed event only points at the
+-- event (event_position); the relay builds the message from it.  A row leaves
+-- the outbox once the broker acknowledged it.  Rows come and go all the time,
+-- so autovacuum visits the table after every 1000 dead rows, whatever its
+-- size, and without cost-based sleeps.
+CREATE TABLE eventstore.outbox (
+	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	topic text NOT NULL,
+	message_key text,
+	payload jsonb,
+	headers jsonb NOT NULL DEFAULT '{}',
+	event_position bigint,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	attempts integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz,
+	first_failed_at timestamptz,
+	last_error text
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+		autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000,
+		autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000,
+		autovacuum_vacuum_cost_delay = 0);
+-- The keys that wait for a retry: later messages of such a key wait too.
+CREATE INDEX outbox_retry_key_idx ON eventstore.outbox (message_key, id)
+	WHERE next_attempt_at IS NOT NULL;
+
+-- Messages the relay gave up on, as they were in the outbox.
+CREATE TABLE eventstore.dead_letters (
+	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	outbox_id bigint NOT NULL,
+	topic text NOT NULL,
+	message_key text,
+	payload jsonb,
+	headers jsonb NOT NULL,
+	event_position bigint,
+	created_at timestamptz NOT NULL,
+	attempts integer NOT NULL,
+	last_error text NOT NULL,
+	first_failed_at timestamptz NOT NULL,
+	last_failed_at timestamptz NOT NULL
+);
+
+SELECT pg_catalog.pg_extension_config_dump('eventstore.routes', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.dead_letters', '');
+
+CREATE FUNCTION eventstore.publish(topic text, key text, payload jsonb, headers jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_publish';
+
+CREATE FUNCTION eventstore.add_route(category text, topic text) RETURNS void
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_add_route';
+
+CREATE FUNCTION eventstore.remove_route(category text) RETURNS void
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_remove_route';
+
+-- The Kafka headers of a routed event: CloudEvents binary content mode.
+CREATE FUNCTION eventstore.cloudevent_headers(e eventstore.events, source text)
+RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+	'ce_specversion', '1.0',
+	'ce_id', e.event_id::text,
+	'ce_type', e.event_type,
+	'ce_source', source,
+	'ce_subject', e.stream_id,
+	'ce_time', pg_catalog.to_char(e.recorded_at AT TIME ZONE 'UTC',
+								  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+	'content-type', 'application/json',
+	'ce_sequence', e.stream_version::text,
+	'ce_position', e.global_position::text,
+	'ce_correlationid', e.metadata OPERATOR(pg_catalog.->>) 'correlation_id',
+	'ce_causationid', e.metadata OPERATOR(pg_catalog.->>) 'causation_id',
+	'ce_traceparent', e.metadata OPERATOR(pg_catalog.->>) 'traceparent',
+	'eventstore-metadata', e.metadata::text));
+
 -- Nothing is granted to PUBLIC: see docs/reference.md, "Privileges".
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;

@@ -374,8 +374,25 @@ EsAdvanceHead(EsAppend *a, int64 *base)
 	return true;
 }
 
-/* Insert the events as versions base + 1 ... base + nevents */
-static void
+/* The positions an INSERT ... RETURNING global_position left in SPI_tuptable */
+static Datum *
+EsReturnedPositions(void)
+{
+	Datum	   *positions = palloc(sizeof(Datum) * SPI_processed);
+	uint64		i;
+	bool		isnull;
+
+	for (i = 0; i < SPI_processed; i++)
+		positions[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+									 &isnull);
+	return positions;
+}
+
+/*
+ * Insert the events as versions base + 1 ... base + nevents; returns their
+ * positions in version order.
+ */
+static Datum *
 EsInsertEvents(EsAppend *a, int64 base)
 {
 	static SPIPlanPtr one_plan = NULL;
@@ -395,10 +412,10 @@ EsInsertEvents(EsAppend *a, int64 base)
 		EsSpiExec(EsPlan(&one_plan,
 						 "INSERT INTO eventstore.events"
 						 " (stream_id, stream_version, event_id, event_type, data, metadata)"
-						 " VALUES ($1, $2, $3, $4, $5, $6)",
+						 " VALUES ($1, $2, $3, $4, $5, $6) RETURNING global_position",
 						 6, argtypes),
-				  values, NULL, false, SPI_OK_INSERT);
-		return;
+				  values, NULL, false, SPI_OK_INSERT_RETURNING);
+		return EsReturnedPositions();
 	}
 
 	argtypes[2] = UUIDARRAYOID;
@@ -435,9 +452,10 @@ EsInsertEvents(EsAppend *a, int64 base)
 					 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4),"
 					 " pg_catalog.unnest($5), pg_catalog.unnest($6))"
 					 " WITH ORDINALITY AS u(i, t, d, m, o)"
-					 " ORDER BY u.o",
+					 " ORDER BY u.o RETURNING global_position",
 					 6, argtypes),
-			  values, NULL, false, SPI_OK_INSERT);
+			  values, NULL, false, SPI_OK_INSERT_RETURNING);
+	return EsReturnedPositions();
 }
 
 /* Append the parsed events; returns the stream's new version */
@@ -456,8 +474,12 @@ EsAppendEvents(EsAppend *a)
 		version = EsResolveConflict(a);
 	else
 	{
-		EsHoldHorizon();
-		EsInsertEvents(a, base);
+		Datum	   *positions;
+
+		EsHoldHorizon(ES_SEQ_EVENTS);
+		positions = EsInsertEvents(a, base);
+		EsRouteEvents(a->stream_id, EsCategoryOf(text_to_cstring(a->stream_id)),
+					  positions, a->nevents);
 		version = base + a->nevents;
 	}
 

@@ -26,6 +26,14 @@
 #define EsProcAclCheck(proc, user) pg_proc_aclcheck((proc), (user), ACL_EXECUTE)
 #endif
 
+/* A random number in [0, 1): pg_prng arrived in PostgreSQL 15 */
+#if PG_VERSION_NUM >= 150000
+#include "common/pg_prng.h"
+#define EsRandomDouble() pg_prng_double(&pg_global_prng_state)
+#else
+#define EsRandomDouble() ((double) random() / ((double) PG_INT32_MAX + 1))
+#endif
+
 /* InitMaterializedSRF() arrived in PostgreSQL 15 */
 #if PG_VERSION_NUM < 150000
 static inline void

@@ -1,10 +1,12 @@
 /*
  * eventstore.c
- *		Module entry point of the eventstore extension.
+ *		Module entry point: settings, shared memory and the relay worker.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
 
 #include "eventstore.h"
 
@@ -12,8 +14,81 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-/* Module load: nothing to set up yet for the event store itself */
+char	   *es_kafka_brokers = NULL;
+char	   *es_kafka_config = NULL;
+char	   *es_database = NULL;
+char	   *es_cloudevents_source = NULL;
+char	   *es_dead_letter_topic = NULL;
+int			es_relay_batch_size = 1000;
+int			es_max_attempts = 10;
+int			es_retry_backoff_initial = 1000;
+int			es_retry_backoff_max = 32000;
+int			es_delivery_timeout = 30000;
+
+/* Define the eventstore.* settings */
+static void
+EsDefineSettings(void)
+{
+	DefineCustomStringVariable("eventstore.kafka_brokers",
+							   "Kafka bootstrap servers the relay delivers to (host:port,...); empty turns the relay off.",
+							   NULL, &es_kafka_brokers, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.kafka_config",
+							   "Extra librdkafka producer properties, as key=value pairs separated by semicolons (SASL, SSL, ...).",
+							   "Visible to superusers only, never logged.",
+							   &es_kafka_config, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.database",
+							   "Database whose outbox the relay serves. Needs a server restart.",
+							   NULL, &es_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.cloudevents_source",
+							   "CloudEvents source (ce_source) of relayed events; empty means /eventstore/<database>.",
+							   NULL, &es_cloudevents_source, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.dead_letter_topic",
+							   "Topic dead letters are forwarded to (%s stands for the original topic); empty keeps them in eventstore.dead_letters.",
+							   NULL, &es_dead_letter_topic, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.relay_batch_size",
+							"Outbox rows the relay sends per batch.",
+							NULL, &es_relay_batch_size, 1000, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.max_attempts",
+							"Delivery attempts of a message before it is dead-lettered.",
+							NULL, &es_max_attempts, 10, 1, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.retry_backoff_initial",
+							"Wait before the first retry of a failed message; doubles per attempt.",
+							NULL, &es_retry_backoff_initial, 1000, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.retry_backoff_max",
+							"Longest wait between two attempts of a message.",
+							NULL, &es_retry_backoff_max, 32000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.delivery_timeout",
+							"How long one delivery attempt of a batch may wait for the broker.",
+							NULL, &es_delivery_timeout, 30000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("eventstore");
+#else
+	EmitWarningsOnPlaceholders("eventstore");
+#endif
+}
+
+/*
+ * Module load.  The settings exist in every process; shared memory and the
+ * relay worker only when loaded through shared_preload_libraries.
+ */
 void
 _PG_init(void)
 {
+	EsDefineSettings();
+	RegisterXactCallback(EsOutboxXactCallback, NULL);
+
+	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
+		return;
+	EsShmemInit();
+	EsRegisterRelay();
 }

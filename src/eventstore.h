@@ -7,7 +7,9 @@
 
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "executor/spi.h"
+#include "storage/latch.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
 
@@ -35,8 +37,43 @@ extern int64 EsStreamVersion(text *stream_id);
 extern char *EsCategoryOf(const char *stream_id);
 extern bool EsJsonbEqual(Jsonb *a, Jsonb *b);
 
+/* The sequences whose positions a horizon guards (see horizon.c) */
+typedef enum EsSequence
+{
+	ES_SEQ_EVENTS,				/* eventstore.events.global_position */
+	ES_SEQ_OUTBOX				/* eventstore.outbox.id */
+} EsSequence;
+
 /* horizon.c */
-extern void EsHoldHorizon(void);
+extern void EsHoldHorizon(EsSequence seq);
+extern int64 EsHorizon(EsSequence seq);
+
+/* eventstore.c: settings */
+extern char *es_kafka_brokers;
+extern char *es_kafka_config;
+extern char *es_database;
+extern char *es_cloudevents_source;
+extern char *es_dead_letter_topic;
+extern int	es_relay_batch_size;
+extern int	es_max_attempts;
+extern int	es_retry_backoff_initial;
+extern int	es_retry_backoff_max;
+extern int	es_delivery_timeout;
+
+/* outbox.c */
+extern void EsRouteEvents(text *stream_id, const char *category,
+						  Datum *positions, int npositions);
+extern void EsWakeRelayAtCommit(void);
+extern void EsOutboxXactCallback(XactEvent event, void *arg);
+
+/* shmem.c */
+extern void EsShmemInit(void);
+extern void EsSetRelayLatch(Latch *latch);
+extern void EsWakeRelay(void);
+
+/* relay.c */
+extern void EsRegisterRelay(void);
+extern PGDLLEXPORT void eventstore_relay_main(Datum arg);
 
 /* aggregate.c */
 extern int32 EsSnapshotRevision(const char *category);

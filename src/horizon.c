@@ -11,7 +11,7 @@
  * So a transaction that is about to take its first position announces a
  * lower bound of the positions it will take (the sequence's last value + 1):
  * it takes a share lock on an advisory lock tag of its own key space
- * (objsubid ES_HORIZON_LOCK_SPACE) that carries that bound, in the top
+ * (objsubid 17745 for events, 17746 for the outbox) that carries that bound, in the top
  * transaction's resource owner, so it is held until the transaction ends,
  * whatever savepoints do.  Locks are released after the transaction is
  * visible as committed (or aborted) to new snapshots.
@@ -43,24 +43,34 @@
 #include "compat.h"
 #include "eventstore.h"
 
-/* locktag_field4 of our advisory locks; SQL's advisory locks use 1 and 2 */
-#define ES_HORIZON_LOCK_SPACE 17745
+/*
+ * Each guarded sequence: its name in the eventstore schema and the
+ * locktag_field4 of its advisory locks (SQL's advisory locks use 1 and 2).
+ */
+static const struct
+{
+	const char *seqname;
+	uint16		lockspace;
+}			es_horizons[] = {
+	[ES_SEQ_EVENTS] = {"events_global_position_seq", 17745},
+	[ES_SEQ_OUTBOX] = {"outbox_id_seq", 17746},
+};
 
-/* The local transaction that already holds its horizon lock */
-static LocalTransactionId horizon_lxid = InvalidLocalTransactionId;
+/* The local transaction that already holds its horizon lock, per sequence */
+static LocalTransactionId horizon_lxid[lengthof(es_horizons)];
 
-/* The last value taken from the events' position sequence, 0 if none yet */
+/* The last value taken from the sequence, 0 if none yet */
 static int64
-EsLastPosition(void)
+EsLastValue(EsSequence seq)
 {
 	Oid			seqoid;
 	EsSavedUser saved;
 	LOCAL_FCINFO(fcinfo, 1);
 	Datum		result;
 
-	seqoid = get_relname_relid("events_global_position_seq", EsSchemaOid());
+	seqoid = get_relname_relid(es_horizons[seq].seqname, EsSchemaOid());
 	if (!OidIsValid(seqoid))
-		elog(ERROR, "sequence eventstore.events_global_position_seq not found");
+		elog(ERROR, "sequence eventstore.%s not found", es_horizons[seq].seqname);
 
 	/* pg_sequence_last_value returns NULL before the first nextval */
 	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
@@ -74,10 +84,10 @@ EsLastPosition(void)
 
 /* Fill in the lock tag that announces lower bound 'bound' */
 static void
-EsHorizonTag(LOCKTAG *tag, uint64 bound)
+EsHorizonTag(LOCKTAG *tag, EsSequence seq, uint64 bound)
 {
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (bound >> 32),
-						 (uint32) bound, ES_HORIZON_LOCK_SPACE);
+						 (uint32) bound, es_horizons[seq].lockspace);
 }
 
 /*
@@ -85,55 +95,62 @@ EsHorizonTag(LOCKTAG *tag, uint64 bound)
  * position this transaction can take.
  */
 void
-EsHoldHorizon(void)
+EsHoldHorizon(EsSequence seq)
 {
 	LOCKTAG		tag;
 	ResourceOwner saved_owner;
 
-	if (horizon_lxid == EsMyLocalXid())
+	if (horizon_lxid[seq] == EsMyLocalXid())
 		return;
 
-	EsHorizonTag(&tag, (uint64) EsLastPosition() + 1);
+	EsHorizonTag(&tag, seq, (uint64) EsLastValue(seq) + 1);
 	saved_owner = CurrentResourceOwner;
 	CurrentResourceOwner = TopTransactionResourceOwner;
 	(void) LockAcquire(&tag, ShareLock, false, false);
 	CurrentResourceOwner = saved_owner;
-	horizon_lxid = EsMyLocalXid();
+	horizon_lxid[seq] = EsMyLocalXid();
 }
 
-PG_FUNCTION_INFO_V1(eventstore_read_horizon);
-
-/* SQL: eventstore.read_horizon() -> bigint */
-Datum
-eventstore_read_horizon(PG_FUNCTION_ARGS)
+/*
+ * The sequence's horizon: every value below it that will ever commit is
+ * visible to a snapshot taken after this returns.
+ */
+int64
+EsHorizon(EsSequence seq)
 {
 	int64		horizon;
 	LockData   *locks;
 	int			i;
 
+	/* First the sequence, then the lock table: see the file header */
+	horizon = EsLastValue(seq) + 1;
+	locks = GetLockStatusData();
+	for (i = 0; i < locks->nelements; i++)
+	{
+		LOCKTAG    *tag = &locks->locks[i].locktag;
+
+		if (tag->locktag_type != LOCKTAG_ADVISORY ||
+			tag->locktag_field4 != es_horizons[seq].lockspace ||
+			tag->locktag_field1 != MyDatabaseId ||
+			locks->locks[i].holdMask == 0)
+			continue;
+		horizon = Min(horizon, (int64) (((uint64) tag->locktag_field2 << 32) |
+										tag->locktag_field3));
+	}
+	return horizon;
+}
+
+PG_FUNCTION_INFO_V1(eventstore_read_horizon);
+
+/* SQL: eventstore.read_horizon() -> bigint, the horizon of event positions */
+Datum
+eventstore_read_horizon(PG_FUNCTION_ARGS)
+{
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("read_all requires the READ COMMITTED isolation level"),
 				 errdetail("Under a transaction snapshot read_all could skip events that commit later with a smaller position."),
 				 errhint("Call read_all outside an explicit REPEATABLE READ or SERIALIZABLE transaction.")));
-
-	/* First the sequence, then the lock table: see the file header */
-	horizon = EsLastPosition() + 1;
-	locks = GetLockStatusData();
-	for (i = 0; i < locks->nelements; i++)
-	{
-		LOCKTAG    *tag = &locks->locks[i].locktag;
-		int64		bound;
-
-		if (tag->locktag_type != LOCKTAG_ADVISORY ||
-			tag->locktag_field4 != ES_HORIZON_LOCK_SPACE ||
-			tag->locktag_field1 != MyDatabaseId ||
-			locks->locks[i].holdMask == 0)
-			continue;
-		bound = (int64) (((uint64) tag->locktag_field2 << 32) |
-						 tag->locktag_field3);
-		horizon = Min(horizon, bound);
-	}
-	PG_RETURN_INT64(horizon);
+	PG_RETURN_INT64(EsHorizon(ES_SEQ_EVENTS));
 }

@@ -1,0 +1,341 @@
+/*
+ * kafka.c
+ *		The relay's librdkafka producer: created from the eventstore.*
+ *		settings, it sends a batch of messages and reports what became of
+ *		each.
+ *
+ * librdkafka runs threads of its own, which must never call into
+ * PostgreSQL.  Delivery reports, errors and logs are all served from this
+ * process's thread by rd_kafka_poll() (logs through log.queue), so the
+ * callbacks below may use elog.  Message data is copied by librdkafka
+ * (RD_KAFKA_MSG_F_COPY); only the EsMessage opaque pointers outlive a
+ * produce call, and they stay valid until the batch is fully reported.
+ *
+ * Order: the producer is idempotent (acks=all, at most 5 requests in flight,
+ * retries that keep order), so the messages of one partition are written in
+ * the order they were produced.  A message that times out while queued
+ * would leave a gap that later messages of its key could jump; so queued
+ * messages do not time out one by one (message.timeout.ms is set past our
+ * own deadline): when eventstore.delivery_timeout passes, everything still
+ * queued is purged at once, so no message of a partition can be sent after
+ * an earlier one of the same partition failed that way.
+ */
+#include "postgres.h"
+
+#include <jansson.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "portability/instr_time.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+#include "eventstore.h"
+#include "relay.h"
+
+static rd_kafka_t *es_producer = NULL;
+
+/* The settings the producer was made with */
+static char *es_started_brokers = NULL;
+static char *es_started_config = NULL;
+static int	es_started_timeout = 0;
+
+/* Messages produced and not yet reported */
+static int	es_pending = 0;
+
+/* Set by the error callback when the producer can no longer be used */
+static bool es_fatal = false;
+
+/* The last broker-level error, so that each is logged once */
+static rd_kafka_resp_err_t es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+/* Delivery report: record the outcome in the message */
+static void
+EsDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage, void *opaque)
+{
+	EsMessage  *msg = (EsMessage *) rkmessage->_private;
+
+	msg->err = rkmessage->err;
+	msg->done = true;
+	es_pending--;
+}
+
+/* Broker-level errors: log each once; a fatal one retires the producer */
+static void
+EsErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	if (err == RD_KAFKA_RESP_ERR__FATAL)
+		es_fatal = true;
+	if (err == es_last_global_err)
+		return;
+	es_last_global_err = err;
+	ereport(LOG,
+			(errmsg("eventstore relay: Kafka error %s: %s",
+					rd_kafka_err2name(err), reason)));
+}
+
+/* librdkafka's own log lines, served from our thread through log.queue */
+static void
+EsLogCallback(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	ereport(level <= 4 ? LOG : DEBUG1,
+			(errmsg("eventstore relay: librdkafka %s: %s", fac, buf)));
+}
+
+/* Set one producer property; the value is never logged (it may be a secret) */
+static bool
+EsConfSet(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+	char		errstr[512];
+
+	if (rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)
+		return true;
+	ereport(LOG,
+			(errmsg("eventstore relay: invalid Kafka property \"%s\"", name),
+			 errdetail("librdkafka: %s", errstr)));
+	return false;
+}
+
+/* Apply eventstore.kafka_config: key=value pairs separated by semicolons */
+static bool
+EsConfApplyExtra(rd_kafka_conf_t *conf, const char *config)
+{
+	char	   *copy = pstrdup(config);
+	char	   *pair;
+	char	   *save = NULL;
+	bool		ok = true;
+
+	for (pair = strtok_r(copy, ";", &save); pair != NULL; pair = strtok_r(NULL, ";", &save))
+	{
+		char	   *eq = strchr(pair, '=');
+		char	   *name = pair;
+
+		while (*name == ' ' || *name == '\t' || *name == '\n')
+			name++;
+		if (*name == '\0')
+			continue;
+		if (eq == NULL)
+		{
+			ereport(LOG,
+					(errmsg("eventstore relay: eventstore.kafka_config has an entry without \"=\"")));
+			ok = false;
+			continue;
+		}
+		*eq = '\0';
+		{
+			char	   *end = eq - 1;
+			char	   *value = eq + 1;
+
+			while (end > name && (*end == ' ' || *end == '\t'))
+				*end-- = '\0';
+			while (*value == ' ' || *value == '\t')
+				value++;
+			ok = EsConfSet(conf, name, value) && ok;
+		}
+	}
+	pfree(copy);
+	return ok;
+}
+
+/* Whether a producer exists */
+bool
+EsKafkaRunning(void)
+{
+	return es_producer != NULL;
+}
+
+/* Whether the producer hit a fatal error and must be made anew */
+bool
+EsKafkaFailed(void)
+{
+	return es_fatal;
+}
+
+/* Whether the settings the producer depends on changed since it started */
+bool
+EsKafkaSettingsChanged(void)
+{
+	return es_producer != NULL &&
+		(strcmp(es_started_brokers, es_kafka_brokers) != 0 ||
+		 strcmp(es_started_config, es_kafka_config) != 0 ||
+		 es_started_timeout != es_delivery_timeout);
+}
+
+/* Create the producer from the settings; false (logged) if they are wrong */
+bool
+EsKafkaStart(void)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char		errstr[512];
+	char		timeout[32];
+	bool		ok;
+
+	Assert(es_producer == NULL);
+	/* Our queued messages never time out before we purge them */
+	snprintf(timeout, sizeof(timeout), "%d", es_delivery_timeout + 60000);
+	ok = EsConfSet(conf, "bootstrap.servers", es_kafka_brokers) &&
+		EsConfSet(conf, "enable.idempotence", "true") &&
+		EsConfSet(conf, "acks", "all") &&
+		EsConfSet(conf, "partitioner", "murmur2_random") &&
+		EsConfSet(conf, "message.timeout.ms", timeout) &&
+		EsConfSet(conf, "linger.ms", "1") &&
+		EsConfSet(conf, "client.id", "eventstore-relay") &&
+		EsConfSet(conf, "log.queue", "true");
+	ok = ok && EsConfApplyExtra(conf, es_kafka_config);
+	if (!ok)
+	{
+		rd_kafka_conf_destroy(conf);
+		return false;
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, EsDeliveryReport);
+	rd_kafka_conf_set_error_cb(conf, EsErrorCallback);
+	rd_kafka_conf_set_log_cb(conf, EsLogCallback);
+
+	es_producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (es_producer == NULL)
+	{
+		ereport(LOG,
+				(errmsg("eventstore relay: could not create the Kafka producer: %s", errstr)));
+		return false;
+	}
+	rd_kafka_set_log_queue(es_producer, NULL);
+
+	es_started_brokers = MemoryContextStrdup(TopMemoryContext, es_kafka_brokers);
+	es_started_config = MemoryContextStrdup(TopMemoryContext, es_kafka_config);
+	es_started_timeout = es_delivery_timeout;
+	es_fatal = false;
+	es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	ereport(LOG,
+			(errmsg("eventstore relay: producing to %s", es_kafka_brokers)));
+	return true;
+}
+
+/* Destroy the producer; messages still queued in it are dropped */
+void
+EsKafkaStop(void)
+{
+	if (es_producer == NULL)
+		return;
+	rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_destroy(es_producer);
+	es_producer = NULL;
+	es_pending = 0;
+	pfree(es_started_brokers);
+	pfree(es_started_config);
+}
+
+/* Whether a delivery error will never go away by retrying */
+bool
+EsKafkaIsPermanent(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+		case RD_KAFKA_RESP_ERR__BAD_MSG:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* The message's headers, from its JSON object of strings */
+static rd_kafka_headers_t *
+EsHeaders(const EsMessage *msg)
+{
+	json_error_t jerr;
+	json_t	   *obj = json_loads(msg->headers, 0, &jerr);
+	rd_kafka_headers_t *hdrs;
+	const char *name;
+	json_t	   *value;
+
+	if (obj == NULL || !json_is_object(obj))
+		elog(ERROR, "headers of outbox message " INT64_FORMAT " are not a JSON object: %s",
+			 msg->id, obj ? "" : jerr.text);
+	hdrs = rd_kafka_headers_new(json_object_size(obj));
+	json_object_foreach(obj, name, value)
+	{
+		if (json_is_string(value))
+			rd_kafka_header_add(hdrs, name, -1, json_string_value(value),
+								json_string_length(value));
+	}
+	json_decref(obj);
+	return hdrs;
+}
+
+/* Hand one message to librdkafka; a local refusal is its outcome */
+static void
+EsProduce(EsMessage *msg)
+{
+	rd_kafka_headers_t *hdrs = EsHeaders(msg);
+	rd_kafka_resp_err_t err;
+
+	for (;;)
+	{
+		err = rd_kafka_producev(es_producer,
+								RD_KAFKA_V_TOPIC(msg->topic),
+								RD_KAFKA_V_KEY(msg->key, msg->key ? strlen(msg->key) : 0),
+								RD_KAFKA_V_VALUE(msg->value, msg->value ? strlen(msg->value) : 0),
+								RD_KAFKA_V_HEADERS(hdrs),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_OPAQUE(msg),
+								RD_KAFKA_V_END);
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			break;
+		/* The local queue is full: serve reports until there is room */
+		CHECK_FOR_INTERRUPTS();
+		rd_kafka_poll(es_producer, 10);
+	}
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		es_pending++;
+	else
+	{
+		rd_kafka_headers_destroy(hdrs);
+		msg->err = err;
+		msg->done = true;
+	}
+}
+
+/*
+ * Send a batch and wait until the broker answered for every message, or
+ * until eventstore.delivery_timeout passed and what was still queued was
+ * purged (those messages fail with _PURGE_QUEUE).  Interrupts are served
+ * every 10 ms.
+ */
+void
+EsKafkaSend(EsMessage *msgs, int nmsgs)
+{
+	instr_time	start,
+				now;
+	bool		purged = false;
+	int			i;
+
+	INSTR_TIME_SET_CURRENT(start);
+	for (i = 0; i < nmsgs; i++)
+		EsProduce(&msgs[i]);
+
+	while (es_pending > 0)
+	{
+		CHECK_FOR_INTERRUPTS();
+		pgstat_report_wait_start(PG_WAIT_EXTENSION);
+		rd_kafka_poll(es_producer, 10);
+		pgstat_report_wait_end();
+
+		INSTR_TIME_SET_CURRENT(now);
+		INSTR_TIME_SUBTRACT(now, start);
+		if (!purged && INSTR_TIME_GET_MILLISEC(now) >= es_delivery_timeout)
+		{
+			rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE);
+			purged = true;
+		}
+	}
+	if (nmsgs > 0 && msgs[nmsgs - 1].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+}

@@ -1,0 +1,272 @@
+/*
+ * outbox.c
+ *		The transactional outbox: eventstore.publish(), routes
+ *		(add_route/remove_route) that make append() enqueue its events, and
+ *		the commit callback that wakes the relay.
+ *
+ * Outbox rows are written in the caller's transaction, so a message exists
+ * exactly when the transaction that produced it commits.  Outbox ids are
+ * guarded by a horizon like event positions (see horizon.c): the relay only
+ * takes rows below it, so it never sends a row while a smaller id of the
+ * same key may still commit.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+
+#include "eventstore.h"
+
+/* Kafka's limit on topic name length */
+#define ES_MAX_TOPIC_LEN 249
+
+/* Set when this transaction enqueued a message: wake the relay at commit */
+static bool es_wake_at_commit = false;
+
+/* Raise an error unless 'topic' is a legal Kafka topic name */
+static void
+EsCheckTopic(const char *topic)
+{
+	size_t		len = strlen(topic);
+	const char *c;
+
+	if (len == 0 || len > ES_MAX_TOPIC_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid topic name \"%s\"", topic),
+				 errdetail("A Kafka topic name has 1 to %d characters.", ES_MAX_TOPIC_LEN)));
+	for (c = topic; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+			  (*c >= '0' && *c <= '9') || *c == '.' || *c == '_' || *c == '-'))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid topic name \"%s\"", topic),
+					 errdetail("A Kafka topic name has only ASCII letters, digits, \".\", \"_\" and \"-\".")));
+}
+
+/* Raise an error unless 'headers' is a JSON object of string values */
+static void
+EsCheckHeaders(Jsonb *headers)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+
+	if (!JB_ROOT_IS_OBJECT(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object of strings")));
+	it = JsonbIteratorInit(&headers->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY && v.val.string.len == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("header names must not be empty")));
+		if (tok == WJB_VALUE && v.type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("header values must be strings"),
+					 errdetail("Found %s.", JsonbToCString(NULL, &JsonbValueToJsonb(&v)->root, 0))));
+	}
+}
+
+/* The category argument of the route functions: '*' or a category */
+static text *
+EsCheckRouteCategory(FunctionCallInfo fcinfo)
+{
+	char	   *category;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("category must not be null")));
+	category = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (category[0] == '\0' || strchr(category, '-') != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid category \"%s\"", category),
+				 errdetail("A category is the non-empty part of a stream id before its first \"-\", or \"*\".")));
+	return PG_GETARG_TEXT_PP(0);
+}
+
+/* Ask for the relay to be woken when this transaction commits */
+void
+EsWakeRelayAtCommit(void)
+{
+	es_wake_at_commit = true;
+}
+
+/*
+ * Transaction callback: wake the relay once a transaction that enqueued
+ * messages has committed.  Nothing here may raise an error, as the commit is
+ * already done.
+ */
+void
+EsOutboxXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			if (es_wake_at_commit)
+				EsWakeRelay();
+			es_wake_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			es_wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Enqueue appended events for the topic routed from their category, if any
+ * (SPI connected, running as the owner).  'positions' are the events'
+ * positions in version order.
+ */
+void
+EsRouteEvents(text *stream_id, const char *category, Datum *positions,
+			  int npositions)
+{
+	static SPIPlanPtr route_plan = NULL;
+	static SPIPlanPtr enqueue_plan = NULL;
+	Oid			route_types[1] = {TEXTOID};
+	Oid			enqueue_types[3] = {TEXTOID, TEXTOID, INT8ARRAYOID};
+	Datum		values[3];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(category);
+	EsSpiExec(EsPlan(&route_plan,
+					 "SELECT topic FROM eventstore.routes"
+					 " WHERE category OPERATOR(pg_catalog.=) $1 OR category OPERATOR(pg_catalog.=) '*'"
+					 " ORDER BY category OPERATOR(pg_catalog.=) '*' LIMIT 1",
+					 1, route_types),
+			  values, NULL, false, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return;
+
+	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[1] = PointerGetDatum(stream_id);
+	values[2] = PointerGetDatum(construct_array(positions, npositions, INT8OID,
+												sizeof(int64), FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	EsHoldHorizon(ES_SEQ_OUTBOX);
+	EsSpiExec(EsPlan(&enqueue_plan,
+					 "INSERT INTO eventstore.outbox (topic, message_key, event_position)"
+					 " SELECT $1, $2, p.pos FROM pg_catalog.unnest($3) WITH ORDINALITY AS p(pos, o)"
+					 " ORDER BY p.o",
+					 3, enqueue_types),
+			  values, NULL, false, SPI_OK_INSERT);
+	EsWakeRelayAtCommit();
+}
+
+PG_FUNCTION_INFO_V1(eventstore_publish);
+
+/* SQL: eventstore.publish(topic text, key text, payload jsonb, headers jsonb) */
+Datum
+eventstore_publish(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	EsSavedUser saved;
+	bool		isnull;
+	int64		id;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be null")));
+	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	if (!PG_ARGISNULL(3))
+		EsCheckHeaders(PG_GETARG_JSONB_P(3));
+
+	values[0] = PG_GETARG_DATUM(0);
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	values[3] = PG_ARGISNULL(3) ?
+		DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")) : PG_GETARG_DATUM(3);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(&saved);
+	EsHoldHorizon(ES_SEQ_OUTBOX);
+	EsSpiExec(EsPlan(&plan,
+					 "INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
+					 " VALUES ($1, $2, $3, $4) RETURNING id",
+					 4, argtypes),
+			  values, nulls, false, SPI_OK_INSERT_RETURNING);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	EsRestoreUser(&saved);
+	SPI_finish();
+	EsWakeRelayAtCommit();
+	PG_RETURN_INT64(id);
+}
+
+PG_FUNCTION_INFO_V1(eventstore_add_route);
+
+/* SQL: eventstore.add_route(category text, topic text); replaces a route */
+Datum
+eventstore_add_route(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	EsSavedUser saved;
+
+	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be null")));
+	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	values[1] = PG_GETARG_DATUM(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(&saved);
+	EsSpiExec(EsPlan(&plan,
+					 "INSERT INTO eventstore.routes (category, topic) VALUES ($1, $2)"
+					 " ON CONFLICT (category) DO UPDATE SET topic = excluded.topic,"
+					 " created_at = excluded.created_at",
+					 2, argtypes),
+			  values, NULL, false, SPI_OK_INSERT);
+	EsRestoreUser(&saved);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(eventstore_remove_route);
+
+/* SQL: eventstore.remove_route(category text) */
+Datum
+eventstore_remove_route(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	EsSavedUser saved;
+
+	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(&saved);
+	EsSpiExec(EsPlan(&plan,
+					 "DELETE FROM eventstore.routes WHERE category OPERATOR(pg_catalog.=) $1",
+					 1, argtypes),
+			  values, NULL, false, SPI_OK_DELETE);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no route for category \"%s\"", TextDatumGetCString(values[0]))));
+	EsRestoreUser(&saved);
+	SPI_finish();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,479 @@
+/*
+ * relay.c
+ *		The relay: a background worker that sends committed outbox rows to
+ *		Kafka, in outbox order per key, with retries and dead letters.
+ *
+ * One round: a short transaction reads a batch of ready rows below the
+ * outbox horizon (so no smaller id can still commit); the batch is sent with
+ * no transaction open; a second transaction deletes what the broker
+ * acknowledged, schedules retries and moves dead letters.  A crash between
+ * the two only means the acknowledged rows are sent again: at-least-once.
+ *
+ * Per-key order: a row is ready when its retry time has come and no earlier
+ * row of its key waits for a retry, so a key's messages never overtake each
+ * other, while other keys go on.  Dead letters leave the outbox and do not
+ * hold their key back.
+ *
+ * The worker sleeps on its latch: backends that enqueued messages set it as
+ * they commit (outbox.c), and a timer covers retries and anything missed.
+ * An ERROR ends the worker; the postmaster starts it again after
+ * bgw_restart_time, and all progress is in the tables.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "eventstore.h"
+#include "relay.h"
+
+/* How long an idle relay sleeps before it looks at the outbox anyway */
+#define ES_IDLE_CHECK_MS 5000
+/* How long to wait for CREATE EXTENSION in eventstore.database */
+#define ES_NO_EXTENSION_MS 10000
+/* Seconds before the postmaster restarts a relay that ended with an error */
+#define ES_RELAY_RESTART_SECS 2
+
+/* Register the relay worker; called from _PG_init in the postmaster */
+void
+EsRegisterRelay(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = ES_RELAY_RESTART_SECS;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "eventstore");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "eventstore_relay_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "eventstore relay");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "eventstore relay");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Withdraw our latch from shared memory as the worker exits */
+static void
+EsRelayExit(int code, Datum arg)
+{
+	EsSetRelayLatch(NULL);
+}
+
+/* ce_source: the setting, or /eventstore/<database> (in a transaction) */
+static Datum
+EsCloudEventsSource(void)
+{
+	if (es_cloudevents_source[0] != '\0')
+		return CStringGetTextDatum(es_cloudevents_source);
+	return CStringGetTextDatum(psprintf("/eventstore/%s", get_database_name(MyDatabaseId)));
+}
+
+/* Copy a text column of the current SPI row, NULL as NULL */
+static char *
+EsCopyText(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/*
+ * Read the next batch of ready outbox rows into 'msgs' (allocated in the
+ * current memory context, which must outlive the transaction); returns how
+ * many.  Sets *wait_ms to how long to sleep if the batch is not full.
+ */
+static int
+EsRelayFetch(EsMessage **msgs, long *wait_ms)
+{
+	static SPIPlanPtr fetch_plan = NULL;
+	static SPIPlanPtr due_plan = NULL;
+	Oid			argtypes[3] = {INT8OID, INT4OID, TEXTOID};
+	Datum		values[3];
+	MemoryContext batch_cxt = CurrentMemoryContext;
+	int			n = 0;
+	uint64		i;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, "eventstore relay: reading the outbox");
+
+	if (!OidIsValid(get_extension_oid("eventstore", true)))
+	{
+		*wait_ms = ES_NO_EXTENSION_MS;
+		SPI_finish();
+		CommitTransactionCommand();
+		return 0;
+	}
+
+	/* The horizon comes before the snapshot the query runs with */
+	values[0] = Int64GetDatum(EsHorizon(ES_SEQ_OUTBOX));
+	values[1] = Int32GetDatum(es_relay_batch_size);
+	values[2] = EsCloudEventsSource();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	EsSpiExec(EsPlan(&fetch_plan,
+					 "SELECT o.id, o.topic, o.message_key,"
+					 " CASE WHEN o.event_position IS NULL THEN o.payload::pg_catalog.text"
+					 " ELSE e.data::pg_catalog.text END,"
+					 " CASE WHEN o.event_position IS NULL"
+					 " THEN o.headers OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
+					 "'eventstore-outbox-id', o.id::pg_catalog.text)"
+					 " ELSE eventstore.cloudevent_headers(e, $3) END::pg_catalog.text,"
+					 " o.attempts, o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic'"
+					 " FROM eventstore.outbox o"
+					 " LEFT JOIN eventstore.events e"
+					 " ON e.global_position OPERATOR(pg_catalog.=) o.event_position"
+					 " WHERE o.id OPERATOR(pg_catalog.<) $1"
+					 " AND (o.next_attempt_at IS NULL"
+					 " OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
+					 " AND NOT EXISTS (SELECT FROM eventstore.outbox b"
+					 " WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
+					 " AND b.id OPERATOR(pg_catalog.<) o.id"
+					 " AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now())"
+					 " ORDER BY o.id LIMIT $2",
+					 3, argtypes),
+			  values, NULL, true, SPI_OK_SELECT);
+
+	*msgs = MemoryContextAllocZero(batch_cxt, sizeof(EsMessage) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		EsMessage  *m = &(*msgs)[n++];
+		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
+		bool		isnull;
+
+		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		m->topic = EsCopyText(tup, desc, 2);
+		m->key = EsCopyText(tup, desc, 3);
+		m->value = EsCopyText(tup, desc, 4);
+		m->headers = EsCopyText(tup, desc, 5);
+		m->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		m->forwarded = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		MemoryContextSwitchTo(old);
+	}
+
+	/* Not a full batch: sleep until the next retry is due, or the idle timer */
+	*wait_ms = ES_IDLE_CHECK_MS;
+	if (n < es_relay_batch_size)
+	{
+		bool		isnull;
+		Datum		due;
+
+		EsSpiExec(EsPlan(&due_plan,
+						 "SELECT pg_catalog.ceil(pg_catalog.date_part('epoch',"
+						 " pg_catalog.min(next_attempt_at) OPERATOR(pg_catalog.-) pg_catalog.now())"
+						 " OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
+						 " FROM eventstore.outbox"
+						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()",
+						 0, NULL),
+				  NULL, NULL, true, SPI_OK_SELECT);
+		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			*wait_ms = Max(1, Min(*wait_ms, DatumGetInt64(due)));
+	}
+
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	return n;
+}
+
+/* The wait before attempt 'attempts' + 1: exponential, with equal jitter */
+static double
+EsBackoffMs(int attempts)
+{
+	double		delay = es_retry_backoff_initial;
+
+	while (attempts-- > 0 && delay < es_retry_backoff_max)
+		delay *= 2;
+	delay = Min(delay, es_retry_backoff_max);
+	return delay / 2 + (delay / 2) * EsRandomDouble();
+}
+
+/* A Kafka error as stored in last_error: its name, then its text */
+static char *
+EsErrorText(rd_kafka_resp_err_t err)
+{
+	return psprintf("%s: %s", rd_kafka_err2name(err), rd_kafka_err2str(err));
+}
+
+/* Build an int8[] or text[] from the collected values */
+static Datum
+EsArray(Datum *elems, int n, Oid type)
+{
+	if (type == INT8OID)
+		return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (type == FLOAT8OID)
+		return PointerGetDatum(construct_array(elems, n, FLOAT8OID, sizeof(float8),
+											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* Delete acknowledged rows */
+static void
+EsRelayDelete(Datum *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		values[1];
+
+	if (n == 0)
+		return;
+	values[0] = EsArray(ids, n, INT8OID);
+	EsSpiExec(EsPlan(&plan,
+					 "DELETE FROM eventstore.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+					 1, argtypes),
+			  values, NULL, false, SPI_OK_DELETE);
+}
+
+/* Schedule retries: attempts + 1, the next attempt after the given delay */
+static void
+EsRelayRetry(Datum *ids, Datum *delays, Datum *errors, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[3] = {INT8ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID};
+	Datum		values[3];
+
+	if (n == 0)
+		return;
+	values[0] = EsArray(ids, n, INT8OID);
+	values[1] = EsArray(delays, n, FLOAT8OID);
+	values[2] = EsArray(errors, n, TEXTOID);
+	EsSpiExec(EsPlan(&plan,
+					 "UPDATE eventstore.outbox o SET attempts = o.attempts OPERATOR(pg_catalog.+) 1,"
+					 " next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
+					 " pg_catalog.make_interval(secs => u.delay OPERATOR(pg_catalog./) 1000),"
+					 " first_failed_at = pg_catalog.coalesce(o.first_failed_at, pg_catalog.now()),"
+					 " last_error = u.err"
+					 " FROM pg_catalog.unnest($1, $2, $3) AS u(id, delay, err)"
+					 " WHERE o.id OPERATOR(pg_catalog.=) u.id",
+					 3, argtypes),
+			  values, NULL, false, SPI_OK_UPDATE);
+}
+
+/*
+ * Move dead letters out of the outbox: into eventstore.dead_letters, or,
+ * when eventstore.dead_letter_topic is set, back into the outbox as a
+ * message to that topic (with the error in its headers).
+ */
+static void
+EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
+{
+	static SPIPlanPtr table_plan = NULL;
+	static SPIPlanPtr forward_plan = NULL;
+	Oid			argtypes[4] = {INT8ARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID};
+	Datum		values[4];
+
+	if (n == 0)
+		return;
+	values[0] = EsArray(ids, n, INT8OID);
+	values[1] = EsArray(errors, n, TEXTOID);
+	if (!forward)
+	{
+		EsSpiExec(EsPlan(&table_plan,
+						 "WITH moved AS (DELETE FROM eventstore.outbox o"
+						 " USING pg_catalog.unnest($1, $2) AS u(id, err)"
+						 " WHERE o.id OPERATOR(pg_catalog.=) u.id RETURNING o.*, u.err)"
+						 " INSERT INTO eventstore.dead_letters (outbox_id, topic, message_key,"
+						 " payload, headers, event_position, created_at, attempts, last_error,"
+						 " first_failed_at, last_failed_at)"
+						 " SELECT id, topic, message_key, payload, headers, event_position,"
+						 " created_at, attempts OPERATOR(pg_catalog.+) 1, err,"
+						 " pg_catalog.coalesce(first_failed_at, pg_catalog.now()), pg_catalog.now()"
+						 " FROM moved ORDER BY id",
+						 2, argtypes),
+				  values, NULL, false, SPI_OK_INSERT);
+		return;
+	}
+	values[2] = CStringGetTextDatum(es_dead_letter_topic);
+	values[3] = EsCloudEventsSource();
+	EsHoldHorizon(ES_SEQ_OUTBOX);
+	EsSpiExec(EsPlan(&forward_plan,
+					 "WITH moved AS (DELETE FROM eventstore.outbox o"
+					 " USING pg_catalog.unnest($1, $2) AS u(id, err)"
+					 " WHERE o.id OPERATOR(pg_catalog.=) u.id RETURNING o.*, u.err)"
+					 " INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
+					 " SELECT pg_catalog.replace($3, '%s', m.topic), m.message_key,"
+					 " pg_catalog.coalesce(e.data, m.payload),"
+					 " CASE WHEN m.event_position IS NULL THEN m.headers"
+					 " ELSE eventstore.cloudevent_headers(e, $4) END"
+					 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
+					 "'eventstore-error', m.err, 'eventstore-original-topic', m.topic,"
+					 " 'eventstore-original-outbox-id', m.id::pg_catalog.text,"
+					 " 'eventstore-attempts', (m.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text)"
+					 " FROM moved m LEFT JOIN eventstore.events e"
+					 " ON e.global_position OPERATOR(pg_catalog.=) m.event_position"
+					 " ORDER BY m.id",
+					 4, argtypes),
+			  values, NULL, false, SPI_OK_INSERT);
+}
+
+/* Record the outcome of a sent batch in the outbox, in one transaction */
+static void
+EsRelayApply(EsMessage *msgs, int n)
+{
+	Datum	   *sent = palloc(sizeof(Datum) * n);
+	Datum	   *retry_ids = palloc(sizeof(Datum) * n);
+	Datum	   *retry_delays = palloc(sizeof(Datum) * n);
+	Datum	   *retry_errors = palloc(sizeof(Datum) * n);
+	Datum	   *dead_ids[2];
+	Datum	   *dead_errors[2];
+	int			nsent = 0,
+				nretry = 0,
+				ndead[2] = {0, 0};
+	rd_kafka_resp_err_t logged = RD_KAFKA_RESP_ERR_NO_ERROR;
+	bool		forward_ok = es_dead_letter_topic[0] != '\0';
+	int			i;
+
+	dead_ids[0] = palloc(sizeof(Datum) * n);
+	dead_ids[1] = palloc(sizeof(Datum) * n);
+	dead_errors[0] = palloc(sizeof(Datum) * n);
+	dead_errors[1] = palloc(sizeof(Datum) * n);
+
+	for (i = 0; i < n; i++)
+	{
+		EsMessage  *m = &msgs[i];
+		Datum		error;
+		int			where;
+
+		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			sent[nsent++] = Int64GetDatum(m->id);
+			continue;
+		}
+		error = CStringGetTextDatum(EsErrorText(m->err));
+		if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
+		{
+			/* Log a batch's retriable failures once per error */
+			if (m->err != logged)
+				ereport(LOG,
+						(errmsg("eventstore relay: delivery of outbox message " INT64_FORMAT " to topic \"%s\" failed, will retry: %s",
+								m->id, m->topic, EsErrorText(m->err)),
+						 errdetail("Attempt %d of %d.", m->attempts + 1, es_max_attempts)));
+			logged = m->err;
+			retry_ids[nretry] = Int64GetDatum(m->id);
+			retry_delays[nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
+			retry_errors[nretry++] = error;
+			continue;
+		}
+		/* A failed forward to the dead-letter topic stays in the table */
+		where = (forward_ok && !m->forwarded) ? 1 : 0;
+		ereport(LOG,
+				(errmsg("eventstore relay: outbox message " INT64_FORMAT " to topic \"%s\" is a dead letter: %s",
+						m->id, m->topic, EsErrorText(m->err)),
+				 errdetail("%s after %d attempts; %s.",
+						   EsKafkaIsPermanent(m->err) ? "Permanent error" : "Retriable error",
+						   m->attempts + 1,
+						   where ? "forwarded to the dead-letter topic" : "kept in eventstore.dead_letters")));
+		dead_ids[where][ndead[where]] = Int64GetDatum(m->id);
+		dead_errors[where][ndead[where]++] = error;
+	}
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "eventstore relay: recording deliveries");
+	EsRelayDelete(sent, nsent);
+	EsRelayRetry(retry_ids, retry_delays, retry_errors, nretry);
+	EsRelayDeadLetter(dead_ids[0], dead_errors[0], ndead[0], false);
+	EsRelayDeadLetter(dead_ids[1], dead_errors[1], ndead[1], true);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+}
+
+/*
+ * One round: fetch, send, record.  Returns how many messages it handled;
+ * sets *wait_ms to how long to sleep when that was less than a full batch.
+ */
+static int
+EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
+{
+	EsMessage  *msgs;
+	int			n;
+	MemoryContext old;
+
+	MemoryContextReset(batch_cxt);
+	old = MemoryContextSwitchTo(batch_cxt);
+	n = EsRelayFetch(&msgs, wait_ms);
+	MemoryContextSwitchTo(batch_cxt);
+	if (n > 0)
+	{
+		pgstat_report_activity(STATE_RUNNING, psprintf("eventstore relay: sending %d messages", n));
+		EsKafkaSend(msgs, n);
+		EsRelayApply(msgs, n);
+		MemoryContextSwitchTo(batch_cxt);
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(old);
+	return n;
+}
+
+/* The relay worker's entry point */
+void
+eventstore_relay_main(Datum arg)
+{
+	MemoryContext batch_cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(es_database, NULL, 0);
+
+	EsSetRelayLatch(MyLatch);
+	before_shmem_exit(EsRelayExit, (Datum) 0);
+	batch_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG,
+			(errmsg("eventstore relay started for database \"%s\"", es_database)));
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	for (;;)
+	{
+		long		wait_ms = ES_IDLE_CHECK_MS;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged() || EsKafkaFailed())
+			EsKafkaStop();
+
+		if (es_kafka_brokers[0] == '\0')
+			wait_ms = -1;		/* off: sleep until a reload */
+		else if (!EsKafkaRunning() && !EsKafkaStart())
+			wait_ms = es_retry_backoff_max;
+		else if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
+			continue;
+
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (wait_ms >= 0 ? WL_TIMEOUT : 0),
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

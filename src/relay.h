@@ -1,0 +1,36 @@
+/*
+ * relay.h
+ *		What the relay worker (relay.c) and its Kafka producer (kafka.c)
+ *		share: one outbox message on its way to the broker.
+ */
+#ifndef EVENTSTORE_RELAY_H
+#define EVENTSTORE_RELAY_H
+
+#include "postgres.h"
+
+#include <librdkafka/rdkafka.h>
+
+/* One outbox row as a Kafka message, and what became of it */
+typedef struct EsMessage
+{
+	int64		id;				/* eventstore.outbox.id */
+	char	   *topic;
+	char	   *key;			/* NULL: no key */
+	char	   *value;			/* NULL: a tombstone */
+	char	   *headers;		/* JSON object of strings */
+	int32		attempts;		/* failed attempts so far */
+	bool		forwarded;		/* a dead letter on its way to the DLT */
+	bool		done;			/* the broker answered (or we gave up) */
+	rd_kafka_resp_err_t err;	/* RD_KAFKA_RESP_ERR_NO_ERROR: delivered */
+} EsMessage;
+
+/* kafka.c */
+extern bool EsKafkaStart(void);
+extern void EsKafkaStop(void);
+extern bool EsKafkaRunning(void);
+extern bool EsKafkaSettingsChanged(void);
+extern bool EsKafkaFailed(void);
+extern void EsKafkaSend(EsMessage *msgs, int nmsgs);
+extern bool EsKafkaIsPermanent(rd_kafka_resp_err_t err);
+
+#endif							/* EVENTSTORE_RELAY_H */
