@@ -38,10 +38,6 @@ EsDefineSettings(void)
 							   "Visible to superusers only, never logged.",
 							   &es_kafka_config, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
-	DefineCustomStringVariable("eventstore.database",
-							   "Database whose outbox the relay serves. Needs a server restart.",
-							   NULL, &es_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstore.cloudevents_source",
 							   "CloudEvents source (ce_source) of relayed events; empty means /eventstore/<database>.",
 							   NULL, &es_cloudevents_source, "",
@@ -50,6 +46,12 @@ EsDefineSettings(void)
 							   "Topic dead letters are forwarded to (%s stands for the original topic); empty keeps them in eventstore.dead_letters.",
 							   NULL, &es_dead_letter_topic, "",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	/* A postmaster-level setting can only be defined while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("eventstore.database",
+								   "Database whose outbox the relay serves. Needs a server restart.",
+								   NULL, &es_database, "postgres",
+								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("eventstore.relay_batch_size",
 							"Outbox rows the relay sends per batch.",
 							NULL, &es_relay_batch_size, 1000, 1, 100000,

@@ -74,11 +74,16 @@ EsErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 					rd_kafka_err2name(err), reason)));
 }
 
-/* librdkafka's own log lines, served from our thread through log.queue */
+/*
+ * librdkafka's own log lines, served from our thread through log.queue.
+ * Warnings and worse go to the server log, except connection failures
+ * ("FAIL"), which repeat while a broker is down and reach the error
+ * callback anyway.
+ */
 static void
 EsLogCallback(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-	ereport(level <= 4 ? LOG : DEBUG1,
+	ereport(level <= 4 && strcmp(fac, "FAIL") != 0 ? LOG : DEBUG1,
 			(errmsg("eventstore relay: librdkafka %s: %s", fac, buf)));
 }
 

@@ -264,9 +264,10 @@ EsRelayRetry(Datum *ids, Datum *delays, Datum *errors, int n)
 					 "UPDATE eventstore.outbox o SET attempts = o.attempts OPERATOR(pg_catalog.+) 1,"
 					 " next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
 					 " pg_catalog.make_interval(secs => u.delay OPERATOR(pg_catalog./) 1000),"
-					 " first_failed_at = pg_catalog.coalesce(o.first_failed_at, pg_catalog.now()),"
+					 " first_failed_at = coalesce(o.first_failed_at, pg_catalog.now()),"
 					 " last_error = u.err"
-					 " FROM pg_catalog.unnest($1, $2, $3) AS u(id, delay, err)"
+					 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
+					 " AS u(id, delay, err)"
 					 " WHERE o.id OPERATOR(pg_catalog.=) u.id",
 					 3, argtypes),
 			  values, NULL, false, SPI_OK_UPDATE);
@@ -293,14 +294,14 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
 	{
 		EsSpiExec(EsPlan(&table_plan,
 						 "WITH moved AS (DELETE FROM eventstore.outbox o"
-						 " USING pg_catalog.unnest($1, $2) AS u(id, err)"
+						 " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(id, err)"
 						 " WHERE o.id OPERATOR(pg_catalog.=) u.id RETURNING o.*, u.err)"
 						 " INSERT INTO eventstore.dead_letters (outbox_id, topic, message_key,"
 						 " payload, headers, event_position, created_at, attempts, last_error,"
 						 " first_failed_at, last_failed_at)"
 						 " SELECT id, topic, message_key, payload, headers, event_position,"
 						 " created_at, attempts OPERATOR(pg_catalog.+) 1, err,"
-						 " pg_catalog.coalesce(first_failed_at, pg_catalog.now()), pg_catalog.now()"
+						 " coalesce(first_failed_at, pg_catalog.now()), pg_catalog.now()"
 						 " FROM moved ORDER BY id",
 						 2, argtypes),
 				  values, NULL, false, SPI_OK_INSERT);
@@ -311,11 +312,11 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
 	EsHoldHorizon(ES_SEQ_OUTBOX);
 	EsSpiExec(EsPlan(&forward_plan,
 					 "WITH moved AS (DELETE FROM eventstore.outbox o"
-					 " USING pg_catalog.unnest($1, $2) AS u(id, err)"
+					 " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(id, err)"
 					 " WHERE o.id OPERATOR(pg_catalog.=) u.id RETURNING o.*, u.err)"
 					 " INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
 					 " SELECT pg_catalog.replace($3, '%s', m.topic), m.message_key,"
-					 " pg_catalog.coalesce(e.data, m.payload),"
+					 " coalesce(e.data, m.payload),"
 					 " CASE WHEN m.event_position IS NULL THEN m.headers"
 					 " ELSE eventstore.cloudevent_headers(e, $4) END"
 					 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("

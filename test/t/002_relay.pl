@@ -50,6 +50,8 @@ my %events = map { my @f = split /\|/; ($f[0] => \@f) } split /\n/,
 		   data::text, metadata::text,
 		   to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 	FROM eventstore.events});
+my $json = JSON::PP->new->canonical;
+sub same_json { $json->encode(decode_json($_[0])) eq $json->encode(decode_json($_[1])) }
 my ($bad, %partitions) = (0);
 for my $m (@$msgs)
 {
@@ -68,8 +70,8 @@ for my $m (@$msgs)
 		&& $h->{ce_correlationid} eq "corr-" . decode_json($e->[5])->{s}
 		&& $h->{ce_causationid} eq "cause-" . (decode_json($e->[5])->{v} - 1)
 		&& $h->{ce_traceparent} eq '00-abc-def-01'
-		&& encode_json(decode_json($h->{'eventstore-metadata'})) eq encode_json(decode_json($e->[6]))
-		&& encode_json(decode_json($m->{payload})) eq encode_json(decode_json($e->[5])))
+		&& same_json($h->{'eventstore-metadata'}, $e->[6])
+		&& same_json($m->{payload}, $e->[5]))
 	{
 		$bad++;
 		diag explain $m if $bad <= 3;

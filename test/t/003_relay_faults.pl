@@ -12,14 +12,16 @@ use EventstoreTest;
 
 my $mock = start_mock();
 my $node = relay_node('faults', $mock->{bootstrap},
-	"eventstore.delivery_timeout = '3s'\n");
+	"eventstore.delivery_timeout = '3s'\nrestart_after_crash = on\n");
 $node->safe_psql('postgres', q{SELECT eventstore.add_route('acct', 'accounts')});
 
 # Append $n events to each of $streams streams acct-1.., one transaction per
-# event, from a background session; returns the session's handle.
+# event, sleeping $pause seconds after each round, from a background session;
+# returns the session's handle.
 sub append_load
 {
-	my ($streams, $n) = @_;
+	my ($streams, $n, $pause) = @_;
+	$pause //= 0;
 	my $sql = qq{
 		DO \$\$
 		BEGIN
@@ -29,6 +31,7 @@ sub append_load
 						jsonb_build_object('type', 'Tick', 'data', jsonb_build_object('n', v)));
 					COMMIT;
 				END LOOP;
+				PERFORM pg_sleep($pause);
 			END LOOP;
 		END
 		\$\$;};
@@ -56,7 +59,7 @@ sub check_accounts
 
 # 1. Brokers down for several seconds under load, then up
 my $pid = relay_pid($node);
-my $load = append_load(10, 60);
+my $load = append_load(10, 80, 0.1);    # about 8 seconds
 sleep 1;
 mock_command($mock, 'down all');
 sleep 5;
@@ -95,10 +98,12 @@ $node->safe_psql('postgres', q{
 	ALTER SYSTEM SET eventstore.relay_batch_size = 50;
 	SELECT pg_reload_conf();
 });
-$load = append_load(20, 100);
-$load->finish or die 'load failed';
+$node->safe_psql('postgres', q{
+	SELECT eventstore.append('acct-' || s, NULL,
+		jsonb_build_object('type', 'Bulk', 'data', jsonb_build_object('n', v)))
+	FROM generate_series(1, 1000) v, generate_series(1, 20) s ORDER BY v, s});
 $node->poll_query_until('postgres',
-	q{SELECT count(*) < 1500 AND count(*) > 0 FROM eventstore.outbox}) or die 'relay did not start';
+	q{SELECT count(*) < 19000 AND count(*) > 0 FROM eventstore.outbox}) or die 'relay did not start';
 $node->stop('immediate');
 $node->start;
 wait_drained($node) or die 'not drained after the crash';
@@ -108,7 +113,7 @@ check_accounts('immediate stop');
 for my $signal ('TERM', 'KILL')
 {
 	my $old = relay_pid($node);
-	$load = append_load(5, 40);
+	$load = append_load(5, 40, 0.02);
 	usleep(300_000);
 	kill $signal, $old;
 	$load->finish;    # SIGKILL restarts every backend; the load may be cut short
