@@ -24,3 +24,8 @@ include $(PGXS)
 
 # Makefile.global resets PROVE_FLAGS, so this comes after the include
 PROVE_FLAGS = -I test/perl
+
+# The one-command demo: a throw-away server and the mock Kafka cluster
+demo:
+	bash demo/run.sh
+.PHONY: demo
