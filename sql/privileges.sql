@@ -19,7 +19,8 @@ GRANT regress_es_reader TO regress_es_writer;
 GRANT EXECUTE ON FUNCTION
 	eventstore.append(text, bigint, jsonb),
 	eventstore.append_event(text, bigint, text, jsonb, jsonb, uuid),
-	eventstore.save_snapshot(text, bigint, jsonb)
+	eventstore.save_snapshot(text, bigint, jsonb),
+	eventstore.publish(text, text, jsonb, jsonb)
 	TO regress_es_writer;
 
 -- no function of the extension is executable by PUBLIC
@@ -36,11 +37,14 @@ SET ROLE regress_es_writer;
 SELECT eventstore.append('priv-1', 0, '{"type": "A", "data": 1}');
 SELECT eventstore.append_event('priv-1', 1, 'B', '2');
 SELECT eventstore.save_snapshot('priv-1', 2, '{"n": 2}');
+SELECT eventstore.publish('priv-topic', 'k', '{}') > 0 AS published;
 -- appends only through append(): no direct writes
 INSERT INTO eventstore.events (stream_id, stream_version, event_id, event_type, data)
 VALUES ('priv-1', 3, gen_random_uuid(), 'C', '3');
 UPDATE eventstore.streams SET version = 0 WHERE stream_id = 'priv-1';
 SELECT eventstore.register_aggregate('priv', 'jsonb_concat(jsonb, jsonb)');
+SELECT eventstore.add_route('priv', 'priv-topic');
+DELETE FROM eventstore.outbox;
 RESET ROLE;
 
 SET ROLE regress_es_reader;
@@ -50,6 +54,7 @@ SELECT version, state, snapshot_version FROM eventstore.load_aggregate('priv-1')
 SELECT eventstore.stream_version('priv-1');
 SELECT eventstore.append('priv-1', 2, '{"type": "C", "data": 3}');
 SELECT eventstore.save_snapshot('priv-1', 2, '{}');
+SELECT eventstore.publish('priv-topic', 'k', '{}');
 RESET ROLE;
 
 -- the reducer runs as the caller: a reader without EXECUTE on it cannot fold

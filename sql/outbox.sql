@@ -1,0 +1,63 @@
+-- publish(), routes and the outbox rows they write (no relay runs here).
+CREATE OR REPLACE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE sql;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+
+-- publish: any message, in the caller's transaction
+SELECT eventstore.publish('notifications', 'customer-1', '{"text": "hi"}', '{"x-tenant": "acme"}') AS first_id \gset
+SELECT eventstore.publish('notifications', NULL, NULL) = :first_id + 1 AS next_id;
+SELECT topic, message_key, payload, headers, event_position, attempts, next_attempt_at
+FROM eventstore.outbox ORDER BY id;
+BEGIN;
+SELECT eventstore.publish('notifications', 'customer-2', '{}') > 0;
+ROLLBACK;
+SELECT count(*) FROM eventstore.outbox;
+
+-- bad input: clear errors, nothing written
+SELECT try($$SELECT eventstore.publish(NULL, 'k', '{}')$$);
+SELECT try($$SELECT eventstore.publish('', 'k', '{}')$$);
+SELECT try($$SELECT eventstore.publish('bad topic', 'k', '{}')$$);
+SELECT left(try($$SELECT eventstore.publish(repeat('t', 250), 'k', '{}')$$), 30);
+SELECT try($$SELECT eventstore.publish('t', 'k', '{}', '[]')$$);
+SELECT try($$SELECT eventstore.publish('t', 'k', '{}', '{"n": 1}')$$);
+SELECT try($$SELECT eventstore.publish('t', 'k', '{}', '{"": "v"}')$$);
+SELECT try($$SELECT eventstore.add_route(NULL, 't')$$);
+SELECT try($$SELECT eventstore.add_route('', 't')$$);
+SELECT try($$SELECT eventstore.add_route('a-b', 't')$$);
+SELECT try($$SELECT eventstore.add_route('order', NULL)$$);
+SELECT try($$SELECT eventstore.add_route('order', 'no/slash')$$);
+SELECT try($$SELECT eventstore.remove_route('order')$$);
+SELECT count(*) FROM eventstore.outbox;
+SELECT count(*) FROM eventstore.routes;
+
+-- routes: append() enqueues the category's events in its transaction
+SELECT eventstore.add_route('order', 'orders');
+SELECT eventstore.add_route('*', 'everything');
+SELECT eventstore.append('order-1', 0, '[{"type": "Placed", "data": 1}, {"type": "Paid", "data": 2}]');
+SELECT eventstore.append('bill-1', 0, '{"type": "Issued", "data": 3}');
+SELECT o.topic, o.message_key, e.stream_version, e.event_type, o.payload IS NULL AS built_when_sent
+FROM eventstore.outbox o JOIN eventstore.events e ON e.global_position = o.event_position
+ORDER BY o.id;
+-- a route is replaced; removing '*' leaves other categories unrouted
+SELECT eventstore.add_route('order', 'orders-v2');
+SELECT eventstore.remove_route('*');
+SELECT eventstore.append('order-1', 2, '{"type": "Shipped", "data": 4}');
+SELECT eventstore.append('bill-1', 1, '{"type": "Settled", "data": 5}');
+SELECT o.topic, e.stream_id, e.event_type
+FROM eventstore.outbox o JOIN eventstore.events e ON e.global_position = o.event_position
+WHERE e.event_type IN ('Shipped', 'Settled');
+SELECT category, topic FROM eventstore.routes;
+
+-- the CloudEvents headers of a routed event
+SELECT eventstore.append('order-2', 0, '{"id": "66666666-6666-4666-8666-666666666666", "type": "Placed",
+	"data": {"total": 5}, "metadata": {"correlation_id": "c-1", "causation_id": "k-1", "traceparent": "00-t-s-01", "other": true}}');
+SELECT h - 'ce_time' - 'ce_position' AS headers,
+	   h ->> 'ce_time' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$' AS rfc3339,
+	   (h ->> 'ce_position')::bigint = e.global_position AS position
+FROM eventstore.events e, eventstore.cloudevent_headers(e, '/eventstore/test') h
+WHERE e.stream_id = 'order-2';
