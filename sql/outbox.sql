@@ -54,10 +54,10 @@ WHERE e.event_type IN ('Shipped', 'Settled');
 SELECT category, topic FROM eventstore.routes;
 
 -- the CloudEvents headers of a routed event
-SELECT eventstore.append('order-2', 0, '{"id": "66666666-6666-4666-8666-666666666666", "type": "Placed",
+SELECT eventstore.append('parcel-9', 0, '{"id": "66666666-6666-4666-8666-666666666666", "type": "Placed",
 	"data": {"total": 5}, "metadata": {"correlation_id": "c-1", "causation_id": "k-1", "traceparent": "00-t-s-01", "other": true}}');
 SELECT h - 'ce_time' - 'ce_position' AS headers,
 	   h ->> 'ce_time' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$' AS rfc3339,
 	   (h ->> 'ce_position')::bigint = e.global_position AS position
 FROM eventstore.events e, eventstore.cloudevent_headers(e, '/eventstore/test') h
-WHERE e.stream_id = 'order-2';
+WHERE e.stream_id = 'parcel-9';
