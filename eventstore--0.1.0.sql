@@ -189,7 +189,7 @@ CREATE TABLE eventstore.outbox (
 	payload jsonb,
 	headers jsonb NOT NULL DEFAULT '{}',
 	event_position bigint,
-	created_at timestamptz NOT NULL DEFAULT now(),
+	created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
 	attempts integer NOT NULL DEFAULT 0,
 	next_attempt_at timestamptz,
 	first_failed_at timestamptz,
@@ -217,6 +217,8 @@ CREATE TABLE eventstore.dead_letters (
 	first_failed_at timestamptz NOT NULL,
 	last_failed_at timestamptz NOT NULL
 );
+-- In park mode a key with a dead letter is held back.
+CREATE INDEX dead_letters_key_idx ON eventstore.dead_letters (message_key);
 
 SELECT pg_catalog.pg_extension_config_dump('eventstore.routes', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.outbox', '');
@@ -254,6 +256,38 @@ RETURN pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
 	'ce_causationid', e.metadata OPERATOR(pg_catalog.->>) 'causation_id',
 	'ce_traceparent', e.metadata OPERATOR(pg_catalog.->>) 'traceparent',
 	'eventstore-metadata', e.metadata::text));
+
+-- Dead letters back into the outbox, in their original order.
+CREATE FUNCTION eventstore.requeue_dead_letters(ids bigint[] DEFAULT NULL) RETURNS bigint
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_requeue_dead_letters';
+
+CREATE FUNCTION eventstore.discard_dead_letters(ids bigint[]) RETURNS bigint
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_discard_dead_letters';
+
+-- Re-publish stored events, in global order, to a topic through the outbox.
+CREATE FUNCTION eventstore.replay(topic text, category text DEFAULT NULL,
+	from_position bigint DEFAULT 0, to_position bigint DEFAULT NULL) RETURNS bigint
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_replay';
+
+-- What the relay is doing.
+CREATE FUNCTION eventstore.relay_status(
+	OUT pid integer, OUT state text, OUT pending bigint, OUT oldest_pending_age interval,
+	OUT sent_total bigint, OUT retries_total bigint, OUT dead_letters_total bigint,
+	OUT last_error text, OUT last_error_at timestamptz, OUT last_delivery_at timestamptz,
+	OUT latency_p50_ms double precision, OUT latency_p99_ms double precision)
+RETURNS record
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'eventstore_relay_status';
+
+-- Per topic: messages waiting in the outbox and the age of the oldest.
+CREATE VIEW eventstore.outbox_lag AS
+	SELECT topic, count(*) AS pending, pg_catalog.now() - min(created_at) AS oldest_age,
+		   count(*) FILTER (WHERE attempts > 0) AS retrying
+	FROM eventstore.outbox
+	GROUP BY topic;
 
 -- Nothing is granted to PUBLIC: see docs/reference.md, "Privileges".
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;

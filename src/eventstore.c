@@ -24,6 +24,13 @@ int			es_max_attempts = 10;
 int			es_retry_backoff_initial = 1000;
 int			es_retry_backoff_max = 32000;
 int			es_delivery_timeout = 30000;
+int			es_on_dead_letter = ES_DEAD_LETTER_CONTINUE;
+
+static const struct config_enum_entry es_on_dead_letter_options[] = {
+	{"continue", ES_DEAD_LETTER_CONTINUE, false},
+	{"park", ES_DEAD_LETTER_PARK, false},
+	{NULL, 0, false}
+};
 
 /* Define the eventstore.* settings */
 static void
@@ -72,6 +79,11 @@ EsDefineSettings(void)
 							"How long one delivery attempt of a batch may wait for the broker.",
 							NULL, &es_delivery_timeout, 30000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomEnumVariable("eventstore.on_dead_letter",
+							 "What later messages of a dead letter's key do: continue, or park until it is requeued or discarded.",
+							 NULL, &es_on_dead_letter, ES_DEAD_LETTER_CONTINUE,
+							 es_on_dead_letter_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("eventstore");
 #else

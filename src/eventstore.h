@@ -12,6 +12,7 @@
 #include "storage/latch.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 /* SQLSTATEs of our own (class SE: event store) */
 #define ERRCODE_ES_WRONG_EXPECTED_VERSION	MAKE_SQLSTATE('S','E','0','0','1')
@@ -59,6 +60,11 @@ extern int	es_max_attempts;
 extern int	es_retry_backoff_initial;
 extern int	es_retry_backoff_max;
 extern int	es_delivery_timeout;
+extern int	es_on_dead_letter;
+
+/* eventstore.on_dead_letter */
+#define ES_DEAD_LETTER_CONTINUE 0
+#define ES_DEAD_LETTER_PARK 1
 
 /* outbox.c */
 extern void EsRouteEvents(text *stream_id, const char *category,
@@ -66,10 +72,45 @@ extern void EsRouteEvents(text *stream_id, const char *category,
 extern void EsWakeRelayAtCommit(void);
 extern void EsOutboxXactCallback(XactEvent event, void *arg);
 
+/* What the relay is doing, as relay_status() shows it */
+typedef enum EsRelayState
+{
+	ES_RELAY_STOPPED = 0,
+	ES_RELAY_DISABLED,
+	ES_RELAY_CONNECTING,
+	ES_RELAY_IDLE,
+	ES_RELAY_SENDING,
+	ES_RELAY_BACKING_OFF,
+	ES_RELAY_BROKER_DOWN
+} EsRelayState;
+
+/* Delivery latencies kept for relay_status()'s percentiles */
+#define ES_LATENCY_WINDOW 1024
+
+/* The relay's statistics in shared memory, since the worker started */
+typedef struct EsRelayStats
+{
+	int			pid;			/* 0: no relay runs */
+	EsRelayState state;
+	uint64		sent_total;
+	uint64		retries_total;
+	uint64		dead_letters_total;
+	char		last_error[256];
+	TimestampTz last_error_at;	/* 0: never */
+	TimestampTz last_delivery_at;	/* 0: never */
+	int			latency_count;
+	int			latency_next;
+	double		latency_ms[ES_LATENCY_WINDOW];
+} EsRelayStats;
+
 /* shmem.c */
 extern void EsShmemInit(void);
 extern void EsSetRelayLatch(Latch *latch);
 extern void EsWakeRelay(void);
+extern void EsRelaySetState(EsRelayState state);
+extern void EsRelayAccount(int sent, int retries, int dead, const char *error,
+						   const double *latencies, int nlatencies);
+extern bool EsRelayStatsCopy(EsRelayStats *copy);
 
 /* relay.c */
 extern void EsRegisterRelay(void);

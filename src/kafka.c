@@ -43,6 +43,9 @@ static int	es_started_timeout = 0;
 /* Messages produced and not yet reported */
 static int	es_pending = 0;
 
+/* Whether a message of the current batch was refused by produce() */
+static bool es_failed_keys = false;
+
 /* Set by the error callback when the producer can no longer be used */
 static bool es_fatal = false;
 
@@ -66,6 +69,8 @@ EsErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
 	if (err == RD_KAFKA_RESP_ERR__FATAL)
 		es_fatal = true;
+	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+		EsRelaySetState(ES_RELAY_BROKER_DOWN);
 	if (err == es_last_global_err)
 		return;
 	es_last_global_err = err;
@@ -210,6 +215,7 @@ EsKafkaStart(void)
 	es_started_timeout = es_delivery_timeout;
 	es_fatal = false;
 	es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	EsRelaySetState(ES_RELAY_CONNECTING);
 	ereport(LOG,
 			(errmsg("eventstore relay: producing to %s", es_kafka_brokers)));
 	return true;
@@ -275,6 +281,41 @@ EsHeaders(const EsMessage *msg)
 	return hdrs;
 }
 
+/* Whether an error says the brokers cannot be reached */
+bool
+EsKafkaIsBrokerDown(rd_kafka_resp_err_t err)
+{
+	return err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+		err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+		err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT ||
+		err == RD_KAFKA_RESP_ERR__TIMED_OUT ||
+		err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+		err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+}
+
+/* Serve pending callbacks (errors, logs) while the relay is idle */
+void
+EsKafkaServe(void)
+{
+	if (es_producer != NULL)
+		rd_kafka_poll(es_producer, 0);
+}
+
+/* Whether an earlier message of this batch with msg's key failed to produce */
+static bool
+EsKeyFailed(EsMessage *msgs, int upto, const char *key)
+{
+	int			i;
+
+	if (key == NULL)
+		return false;
+	for (i = 0; i < upto; i++)
+		if ((msgs[i].skipped || (msgs[i].done && msgs[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)) &&
+			msgs[i].key != NULL && strcmp(msgs[i].key, key) == 0)
+			return true;
+	return false;
+}
+
 /* Hand one message to librdkafka; a local refusal is its outcome */
 static void
 EsProduce(EsMessage *msg)
@@ -305,6 +346,7 @@ EsProduce(EsMessage *msg)
 		rd_kafka_headers_destroy(hdrs);
 		msg->err = err;
 		msg->done = true;
+		es_failed_keys = true;
 	}
 }
 
@@ -323,8 +365,20 @@ EsKafkaSend(EsMessage *msgs, int nmsgs)
 	int			i;
 
 	INSTR_TIME_SET_CURRENT(start);
+	es_failed_keys = false;
 	for (i = 0; i < nmsgs; i++)
+	{
+		/*
+		 * After a message was refused locally, later messages of its key
+		 * wait for the next round, so they cannot overtake it.
+		 */
+		if (es_failed_keys && EsKeyFailed(msgs, i, msgs[i].key))
+		{
+			msgs[i].skipped = true;
+			continue;
+		}
 		EsProduce(&msgs[i]);
+	}
 
 	while (es_pending > 0)
 	{

@@ -270,3 +270,75 @@ eventstore_remove_route(PG_FUNCTION_ARGS)
 	SPI_finish();
 	PG_RETURN_VOID();
 }
+
+PG_FUNCTION_INFO_V1(eventstore_replay);
+
+/*
+ * SQL: eventstore.replay(topic text, category text, from_position bigint,
+ *		to_position bigint) -> bigint.
+ *
+ * Enqueues the stored events with from_position < position <= to_position
+ * (of one category, or all) for 'topic', in global order, with one
+ * INSERT ... SELECT that streams rows, so millions of events need no more
+ * memory than a few.  Without to_position it stops below read_all's horizon,
+ * so it never skips an event that is still being committed.
+ */
+Datum
+eventstore_replay(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, INT8OID, INT8OID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	EsSavedUser saved;
+	int64		from_position;
+	uint64		n;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be null")));
+	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	from_position = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+	if (from_position < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_position must not be negative: " INT64_FORMAT, from_position)));
+	if (!PG_ARGISNULL(3) && PG_GETARG_INT64(3) < from_position)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("to_position " INT64_FORMAT " is before from_position " INT64_FORMAT,
+						PG_GETARG_INT64(3), from_position)));
+	if (PG_ARGISNULL(3) && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("replay without to_position requires the READ COMMITTED isolation level"),
+				 errhint("Pass to_position, or call replay outside a REPEATABLE READ or SERIALIZABLE transaction.")));
+
+	values[0] = PG_GETARG_DATUM(0);
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+	values[2] = Int64GetDatum(from_position);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(&saved);
+	values[3] = Int64GetDatum(PG_ARGISNULL(3) ? EsHorizon(ES_SEQ_EVENTS) - 1 :
+							  PG_GETARG_INT64(3));
+	EsHoldHorizon(ES_SEQ_OUTBOX);
+	EsSpiExec(EsPlan(&plan,
+					 "INSERT INTO eventstore.outbox (topic, message_key, event_position)"
+					 " SELECT $1, stream_id, global_position FROM eventstore.events"
+					 " WHERE global_position OPERATOR(pg_catalog.>) $3"
+					 " AND global_position OPERATOR(pg_catalog.<=) $4"
+					 " AND ($2 IS NULL OR category OPERATOR(pg_catalog.=) $2)"
+					 " ORDER BY global_position",
+					 4, argtypes),
+			  values, nulls, false, SPI_OK_INSERT);
+	n = SPI_processed;
+	EsRestoreUser(&saved);
+	SPI_finish();
+	if (n > 0)
+		EsWakeRelayAtCommit();
+	PG_RETURN_INT64((int64) n);
+}

@@ -97,15 +97,16 @@ EsCopyText(HeapTuple tup, TupleDesc desc, int col)
 /*
  * Read the next batch of ready outbox rows into 'msgs' (allocated in the
  * current memory context, which must outlive the transaction); returns how
- * many.  Sets *wait_ms to how long to sleep if the batch is not full.
+ * many.  Sets *wait_ms to how long to sleep if the batch is not full, and
+ * *backing_off when rows wait for a retry.
  */
 static int
-EsRelayFetch(EsMessage **msgs, long *wait_ms)
+EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 {
 	static SPIPlanPtr fetch_plan = NULL;
 	static SPIPlanPtr due_plan = NULL;
-	Oid			argtypes[3] = {INT8OID, INT4OID, TEXTOID};
-	Datum		values[3];
+	Oid			argtypes[4] = {INT8OID, INT4OID, TEXTOID, BOOLOID};
+	Datum		values[4];
 	MemoryContext batch_cxt = CurrentMemoryContext;
 	int			n = 0;
 	uint64		i;
@@ -128,6 +129,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms)
 	values[0] = Int64GetDatum(EsHorizon(ES_SEQ_OUTBOX));
 	values[1] = Int32GetDatum(es_relay_batch_size);
 	values[2] = EsCloudEventsSource();
+	values[3] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
 	PushActiveSnapshot(GetTransactionSnapshot());
 
 	EsSpiExec(EsPlan(&fetch_plan,
@@ -138,7 +140,8 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms)
 					 " THEN o.headers OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
 					 "'eventstore-outbox-id', o.id::pg_catalog.text)"
 					 " ELSE eventstore.cloudevent_headers(e, $3) END::pg_catalog.text,"
-					 " o.attempts, o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic'"
+					 " o.attempts, o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic',"
+					 " o.created_at"
 					 " FROM eventstore.outbox o"
 					 " LEFT JOIN eventstore.events e"
 					 " ON e.global_position OPERATOR(pg_catalog.=) o.event_position"
@@ -149,8 +152,10 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms)
 					 " WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
 					 " AND b.id OPERATOR(pg_catalog.<) o.id"
 					 " AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now())"
+					 " AND NOT ($4 AND EXISTS (SELECT FROM eventstore.dead_letters d"
+					 " WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key))"
 					 " ORDER BY o.id LIMIT $2",
-					 3, argtypes),
+					 4, argtypes),
 			  values, NULL, true, SPI_OK_SELECT);
 
 	*msgs = MemoryContextAllocZero(batch_cxt, sizeof(EsMessage) * Max(SPI_processed, 1));
@@ -169,11 +174,13 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms)
 		m->headers = EsCopyText(tup, desc, 5);
 		m->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		m->forwarded = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		m->enqueued_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
 		MemoryContextSwitchTo(old);
 	}
 
 	/* Not a full batch: sleep until the next retry is due, or the idle timer */
 	*wait_ms = ES_IDLE_CHECK_MS;
+	*backing_off = false;
 	if (n < es_relay_batch_size)
 	{
 		bool		isnull;
@@ -190,6 +197,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms)
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
 			*wait_ms = Max(1, Min(*wait_ms, DatumGetInt64(due)));
+		*backing_off = !isnull;
 	}
 
 	PopActiveSnapshot();
@@ -344,7 +352,12 @@ EsRelayApply(EsMessage *msgs, int n)
 				nretry = 0,
 				ndead[2] = {0, 0};
 	rd_kafka_resp_err_t logged = RD_KAFKA_RESP_ERR_NO_ERROR;
-	bool		forward_ok = es_dead_letter_topic[0] != '\0';
+	bool		forward_ok = es_dead_letter_topic[0] != '\0' &&
+		es_on_dead_letter != ES_DEAD_LETTER_PARK;
+	double	   *latencies = palloc(sizeof(double) * n);
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *last_error = NULL;
+	bool		all_down = true;
 	int			i;
 
 	dead_ids[0] = palloc(sizeof(Datum) * n);
@@ -358,12 +371,18 @@ EsRelayApply(EsMessage *msgs, int n)
 		Datum		error;
 		int			where;
 
+		if (m->skipped)
+			continue;
 		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
+			latencies[nsent] = (double) (now - m->enqueued_at) / 1000.0;
 			sent[nsent++] = Int64GetDatum(m->id);
+			all_down = false;
 			continue;
 		}
-		error = CStringGetTextDatum(EsErrorText(m->err));
+		last_error = EsErrorText(m->err);
+		all_down = all_down && EsKafkaIsBrokerDown(m->err);
+		error = CStringGetTextDatum(last_error);
 		if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
 		{
 			/* Log a batch's retriable failures once per error */
@@ -404,6 +423,10 @@ EsRelayApply(EsMessage *msgs, int n)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+
+	EsRelayAccount(nsent, nretry, ndead[0] + ndead[1], last_error, latencies, nsent);
+	if (nsent + nretry + ndead[0] + ndead[1] > 0)
+		EsRelaySetState(all_down ? ES_RELAY_BROKER_DOWN : ES_RELAY_IDLE);
 }
 
 /*
@@ -415,18 +438,28 @@ EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
 {
 	EsMessage  *msgs;
 	int			n;
+	bool		backing_off = false;
 	MemoryContext old;
 
 	MemoryContextReset(batch_cxt);
 	old = MemoryContextSwitchTo(batch_cxt);
-	n = EsRelayFetch(&msgs, wait_ms);
+	n = EsRelayFetch(&msgs, wait_ms, &backing_off);
 	MemoryContextSwitchTo(batch_cxt);
 	if (n > 0)
 	{
+		EsRelaySetState(ES_RELAY_SENDING);
 		pgstat_report_activity(STATE_RUNNING, psprintf("eventstore relay: sending %d messages", n));
 		EsKafkaSend(msgs, n);
 		EsRelayApply(msgs, n);
 		MemoryContextSwitchTo(batch_cxt);
+	}
+	else
+	{
+		EsRelayStats st;
+
+		/* Nothing to send: keep broker_down until a delivery succeeds */
+		if (EsRelayStatsCopy(&st) && st.state != ES_RELAY_BROKER_DOWN)
+			EsRelaySetState(backing_off ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(old);
@@ -466,11 +499,22 @@ eventstore_relay_main(Datum arg)
 			EsKafkaStop();
 
 		if (es_kafka_brokers[0] == '\0')
+		{
+			EsRelaySetState(ES_RELAY_DISABLED);
 			wait_ms = -1;		/* off: sleep until a reload */
+		}
 		else if (!EsKafkaRunning() && !EsKafkaStart())
+		{
+			EsRelaySetState(ES_RELAY_CONNECTING);
+			EsRelayAccount(0, 0, 0, "invalid Kafka settings: see the server log", NULL, 0);
 			wait_ms = es_retry_backoff_max;
-		else if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
-			continue;
+		}
+		else
+		{
+			EsKafkaServe();
+			if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
+				continue;
+		}
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (wait_ms >= 0 ? WL_TIMEOUT : 0),

@@ -8,6 +8,8 @@
 
 #include "postgres.h"
 
+#include "utils/timestamp.h"
+
 #include <librdkafka/rdkafka.h>
 
 /* One outbox row as a Kafka message, and what became of it */
@@ -19,8 +21,10 @@ typedef struct EsMessage
 	char	   *value;			/* NULL: a tombstone */
 	char	   *headers;		/* JSON object of strings */
 	int32		attempts;		/* failed attempts so far */
+	TimestampTz enqueued_at;	/* eventstore.outbox.created_at */
 	bool		forwarded;		/* a dead letter on its way to the DLT */
 	bool		done;			/* the broker answered (or we gave up) */
+	bool		skipped;		/* not sent: an earlier one of its key failed */
 	rd_kafka_resp_err_t err;	/* RD_KAFKA_RESP_ERR_NO_ERROR: delivered */
 } EsMessage;
 
@@ -31,6 +35,8 @@ extern bool EsKafkaRunning(void);
 extern bool EsKafkaSettingsChanged(void);
 extern bool EsKafkaFailed(void);
 extern void EsKafkaSend(EsMessage *msgs, int nmsgs);
+extern void EsKafkaServe(void);
+extern bool EsKafkaIsBrokerDown(rd_kafka_resp_err_t err);
 extern bool EsKafkaIsPermanent(rd_kafka_resp_err_t err);
 
 #endif							/* EVENTSTORE_RELAY_H */

@@ -13,6 +13,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/timestamp.h"
 
 #include "eventstore.h"
 
@@ -21,6 +22,7 @@ typedef struct EsShared
 {
 	slock_t		mutex;
 	Latch	   *relay_latch;	/* the relay's latch, NULL while none runs */
+	EsRelayStats stats;			/* what relay_status() shows */
 } EsShared;
 
 static EsShared *es_shared = NULL;
@@ -56,6 +58,7 @@ EsShmemStartup(void)
 	{
 		SpinLockInit(&es_shared->mutex);
 		es_shared->relay_latch = NULL;
+		memset(&es_shared->stats, 0, sizeof(EsRelayStats));
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -74,7 +77,10 @@ EsShmemInit(void)
 	shmem_startup_hook = EsShmemStartup;
 }
 
-/* Publish (or, with NULL, withdraw) the relay worker's latch */
+/*
+ * Publish the relay worker's latch and reset its statistics (latch set), or
+ * withdraw them as it exits (NULL).
+ */
 void
 EsSetRelayLatch(Latch *latch)
 {
@@ -82,7 +88,75 @@ EsSetRelayLatch(Latch *latch)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
 	es_shared->relay_latch = latch;
+	if (latch != NULL)
+	{
+		memset(&es_shared->stats, 0, sizeof(EsRelayStats));
+		es_shared->stats.pid = MyProcPid;
+	}
+	else
+	{
+		es_shared->stats.pid = 0;
+		es_shared->stats.state = ES_RELAY_STOPPED;
+	}
 	SpinLockRelease(&es_shared->mutex);
+}
+
+/* The relay's state, as relay_status() shows it */
+void
+EsRelaySetState(EsRelayState state)
+{
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	es_shared->stats.state = state;
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/*
+ * Account for a recorded batch: counters, the last error (NULL: none new)
+ * and the delivery latencies (ms) of its acknowledged messages.
+ */
+void
+EsRelayAccount(int sent, int retries, int dead, const char *error,
+			   const double *latencies, int nlatencies)
+{
+	EsRelayStats *st;
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	if (es_shared == NULL)
+		return;
+	st = &es_shared->stats;
+	SpinLockAcquire(&es_shared->mutex);
+	st->sent_total += sent;
+	st->retries_total += retries;
+	st->dead_letters_total += dead;
+	if (sent > 0)
+		st->last_delivery_at = now;
+	if (error != NULL)
+	{
+		strlcpy(st->last_error, error, sizeof(st->last_error));
+		st->last_error_at = now;
+	}
+	for (i = 0; i < nlatencies; i++)
+	{
+		st->latency_ms[st->latency_next] = latencies[i];
+		st->latency_next = (st->latency_next + 1) % ES_LATENCY_WINDOW;
+		st->latency_count = Min(st->latency_count + 1, ES_LATENCY_WINDOW);
+	}
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/* A copy of the relay's statistics; false without shared memory */
+bool
+EsRelayStatsCopy(EsRelayStats *copy)
+{
+	if (es_shared == NULL)
+		return false;
+	SpinLockAcquire(&es_shared->mutex);
+	memcpy(copy, &es_shared->stats, sizeof(EsRelayStats));
+	SpinLockRelease(&es_shared->mutex);
+	return true;
 }
 
 /*
