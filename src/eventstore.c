@@ -41,8 +41,8 @@ EsDefineSettings(void)
 							   NULL, &es_kafka_brokers, "",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstore.kafka_config",
-							   "Extra librdkafka producer properties, as key=value pairs separated by semicolons (SASL, SSL, ...).",
-							   "Visible to superusers only, never logged.",
+							   "Extra librdkafka producer properties: key=value pairs separated by semicolons, or @file with one pair per line.",
+							   "Visible to superusers only. Put secrets in a file: a reload logs a changed setting's value.",
 							   &es_kafka_config, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstore.cloudevents_source",

@@ -24,8 +24,10 @@
 
 #include <jansson.h>
 
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/fd.h"
 #include "portability/instr_time.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
@@ -106,43 +108,77 @@ EsConfSet(rd_kafka_conf_t *conf, const char *name, const char *value)
 	return false;
 }
 
-/* Apply eventstore.kafka_config: key=value pairs separated by semicolons */
+/* Apply one "key=value" entry of eventstore.kafka_config */
+static bool
+EsConfApplyPair(rd_kafka_conf_t *conf, char *pair)
+{
+	char	   *eq = strchr(pair, '=');
+	char	   *name = pair;
+	char	   *end;
+	char	   *value;
+
+	while (*name == ' ' || *name == '\t' || *name == '\n' || *name == '\r')
+		name++;
+	if (*name == '\0' || *name == '#')
+		return true;
+	if (eq == NULL)
+	{
+		ereport(LOG,
+				(errmsg("eventstore relay: eventstore.kafka_config has an entry without \"=\"")));
+		return false;
+	}
+	*eq = '\0';
+	for (end = eq - 1; end > name && (*end == ' ' || *end == '\t'); end--)
+		*end = '\0';
+	for (value = eq + 1; *value == ' ' || *value == '\t'; value++)
+		;
+	for (end = value + strlen(value); end > value &&
+		 (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n'); end--)
+		end[-1] = '\0';
+	return EsConfSet(conf, name, value);
+}
+
+/*
+ * Apply eventstore.kafka_config: key=value pairs separated by semicolons,
+ * or "@/path/file" to read them from a file, one per line.  PostgreSQL logs
+ * the new value of a setting changed by a reload, so secrets belong in the
+ * file: then only its path is ever logged.
+ */
 static bool
 EsConfApplyExtra(rd_kafka_conf_t *conf, const char *config)
 {
-	char	   *copy = pstrdup(config);
+	char	   *copy;
 	char	   *pair;
 	char	   *save = NULL;
+	const char *sep = ";";
 	bool		ok = true;
 
-	for (pair = strtok_r(copy, ";", &save); pair != NULL; pair = strtok_r(NULL, ";", &save))
+	if (config[0] == '@')
 	{
-		char	   *eq = strchr(pair, '=');
-		char	   *name = pair;
+		FILE	   *file = AllocateFile(config + 1, "r");
+		StringInfoData buf;
+		char		line[4096];
 
-		while (*name == ' ' || *name == '\t' || *name == '\n')
-			name++;
-		if (*name == '\0')
-			continue;
-		if (eq == NULL)
+		if (file == NULL)
 		{
 			ereport(LOG,
-					(errmsg("eventstore relay: eventstore.kafka_config has an entry without \"=\"")));
-			ok = false;
-			continue;
+					(errcode_for_file_access(),
+					 errmsg("eventstore relay: could not open Kafka configuration file \"%s\": %m",
+							config + 1)));
+			return false;
 		}
-		*eq = '\0';
-		{
-			char	   *end = eq - 1;
-			char	   *value = eq + 1;
-
-			while (end > name && (*end == ' ' || *end == '\t'))
-				*end-- = '\0';
-			while (*value == ' ' || *value == '\t')
-				value++;
-			ok = EsConfSet(conf, name, value) && ok;
-		}
+		initStringInfo(&buf);
+		while (fgets(line, sizeof(line), file) != NULL)
+			appendStringInfoString(&buf, line);
+		FreeFile(file);
+		copy = buf.data;
+		sep = "\n";
 	}
+	else
+		copy = pstrdup(config);
+
+	for (pair = strtok_r(copy, sep, &save); pair != NULL; pair = strtok_r(NULL, sep, &save))
+		ok = EsConfApplyPair(conf, pair) && ok;
 	pfree(copy);
 	return ok;
 }
