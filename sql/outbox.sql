@@ -61,3 +61,38 @@ SELECT h - 'ce_time' - 'ce_position' AS headers,
 	   (h ->> 'ce_position')::bigint = e.global_position AS position
 FROM eventstore.events e, eventstore.cloudevent_headers(e, '/eventstore/test') h
 WHERE e.stream_id = 'parcel-9';
+
+-- dead letters and replay: bad input
+SELECT try($$SELECT eventstore.discard_dead_letters(NULL)$$);
+SELECT try($$SELECT eventstore.replay(NULL)$$);
+SELECT try($$SELECT eventstore.replay('bad topic')$$);
+SELECT try($$SELECT eventstore.replay('t', NULL, -1)$$);
+SELECT try($$SELECT eventstore.replay('t', NULL, 10, 5)$$);
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT try($$SELECT eventstore.replay('t')$$);
+ROLLBACK;
+
+-- replay enqueues stored events in global order, bounded by the window
+DELETE FROM eventstore.outbox;
+SELECT eventstore.replay('rebuild', 'order') AS replayed \gset
+SELECT :replayed = count(*) FROM eventstore.events WHERE category = 'order';
+SELECT bool_and(o.event_position > prev) FROM (
+	SELECT event_position, lag(event_position, 1, 0::bigint) OVER (ORDER BY id) AS prev
+	FROM eventstore.outbox o) o;
+SELECT eventstore.replay('rebuild', NULL, 1, 3);
+
+-- requeue: dead letters go back in their original order, before the later
+-- outbox rows of their keys; discard removes them
+DELETE FROM eventstore.outbox;
+INSERT INTO eventstore.dead_letters (outbox_id, topic, message_key, payload, headers,
+	created_at, attempts, last_error, first_failed_at, last_failed_at)
+VALUES (20, 't', 'k1', '2', '{}', now(), 3, 'x', now(), now()),
+	   (10, 't', 'k1', '1', '{}', now(), 3, 'x', now(), now()),
+	   (30, 't', 'k2', '9', '{}', now(), 1, 'x', now(), now());
+SELECT eventstore.publish('t', 'k1', '3') > 0;
+SELECT eventstore.publish('t', 'other', '0') > 0;
+SELECT eventstore.requeue_dead_letters(ARRAY(SELECT id FROM eventstore.dead_letters WHERE message_key = 'k1'));
+SELECT message_key, payload, attempts FROM eventstore.outbox ORDER BY id;
+SELECT eventstore.discard_dead_letters(ARRAY(SELECT id FROM eventstore.dead_letters));
+SELECT count(*) FROM eventstore.dead_letters;
+DELETE FROM eventstore.outbox;

@@ -72,3 +72,46 @@ RESET ROLE;
 
 DROP OWNED BY regress_es_nobody, regress_es_reader, regress_es_writer;
 DROP ROLE regress_es_nobody, regress_es_reader, regress_es_writer;
+
+-- An operator: watches the relay, handles dead letters, replays, routes
+CREATE ROLE regress_es_operator;
+CREATE ROLE regress_es_plain;
+GRANT USAGE ON SCHEMA eventstore TO regress_es_operator;
+GRANT SELECT ON eventstore.outbox, eventstore.dead_letters, eventstore.outbox_lag,
+	eventstore.routes TO regress_es_operator;
+GRANT EXECUTE ON FUNCTION
+	eventstore.relay_status(),
+	eventstore.requeue_dead_letters(bigint[]),
+	eventstore.discard_dead_letters(bigint[]),
+	eventstore.replay(text, text, bigint, bigint),
+	eventstore.add_route(text, text),
+	eventstore.remove_route(text)
+	TO regress_es_operator;
+SET ROLE regress_es_operator;
+SELECT state IS NOT NULL AND pending >= 0 AS visible FROM eventstore.relay_status();
+SELECT count(*) FROM eventstore.outbox_lag;
+SELECT eventstore.requeue_dead_letters();
+SELECT eventstore.discard_dead_letters('{}');
+SELECT eventstore.replay('priv-replay', 'priv');
+SELECT eventstore.add_route('priv', 'priv-topic');
+SELECT eventstore.remove_route('priv');
+SHOW eventstore.kafka_config;
+RESET ROLE;
+
+-- a role with nothing granted can do none of it, and cannot see kafka_config
+GRANT USAGE ON SCHEMA eventstore TO regress_es_plain;
+SET ROLE regress_es_plain;
+SELECT * FROM eventstore.relay_status();
+SELECT eventstore.requeue_dead_letters();
+SELECT eventstore.discard_dead_letters('{1}');
+SELECT eventstore.replay('t');
+SELECT count(*) FROM eventstore.outbox_lag;
+SELECT count(*) FROM eventstore.dead_letters;
+SHOW eventstore.kafka_config;
+SELECT count(*) FROM pg_settings WHERE name = 'eventstore.kafka_config';
+SELECT current_setting('eventstore.kafka_config');
+RESET ROLE;
+SELECT count(*) FROM pg_settings WHERE name = 'eventstore.kafka_config';
+DELETE FROM eventstore.outbox WHERE topic = 'priv-replay';
+DROP OWNED BY regress_es_operator, regress_es_plain;
+DROP ROLE regress_es_operator, regress_es_plain;

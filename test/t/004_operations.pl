@@ -92,6 +92,10 @@ mock_command($mock, 'down all');
 sql(q{SELECT eventstore.publish('park', 'p1', jsonb_build_object('n', i)) FROM generate_series(1, 3) i});
 $node->poll_query_until('postgres', q{SELECT count(*) = 3 FROM eventstore.dead_letters})
   or die 'messages not dead-lettered';
+# from here on, retries ride out the reconnection
+$node->append_conf('postgresql.conf', "eventstore.max_attempts = 10\n");
+$node->reload;
+$node->poll_query_until('postgres', q{SELECT current_setting('eventstore.max_attempts') = '10'});
 mock_command($mock, 'up all');
 sql(q{SELECT eventstore.publish('park', 'p1', '{"n": 4}');
 	SELECT eventstore.publish('park', 'p2', '{"n": 1}')});
@@ -105,12 +109,9 @@ my $p1 = [ map { $_->{payload} } grep { $_->{key} eq 'p1' } @{ consume($mock->{b
 is(join(',', @$p1), '{"n": 1},{"n": 2},{"n": 3},{"n": 4}', 'requeue kept the key in order');
 
 # 6. replay: stored events re-published in global order
-$node->append_conf('postgresql.conf', qq{
-eventstore.on_dead_letter = 'continue'
-eventstore.max_attempts = 10
-});
+$node->append_conf('postgresql.conf', "eventstore.on_dead_letter = 'continue'\n");
 $node->reload;
-$node->poll_query_until('postgres', q{SELECT current_setting('eventstore.max_attempts') = '10'});
+$node->poll_query_until('postgres', q{SELECT current_setting('eventstore.on_dead_letter') = 'continue'});
 sql(q{SELECT eventstore.append('shop-' || i % 3, NULL, jsonb_build_object('type', 'T', 'data', i))
 	FROM generate_series(1, 30) i;
 	SELECT eventstore.append('misc-1', NULL, '{"type": "M", "data": 0}')});
