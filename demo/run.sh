@@ -84,8 +84,8 @@ for topic in orders notifications; do
 		-f 'partition %p offset %o  key %k\n  value   %s\n  headers %h\n'
 done
 
-echo "== the relay worker:"
-psql_demo -c "SELECT pid, backend_type, state, wait_event FROM pg_stat_activity WHERE backend_type = 'eventstore relay'" \
-	-c "SELECT count(*) AS pending FROM eventstore.outbox"
+echo "== the relay, as an operator sees it:"
+psql_demo -x -c "SELECT * FROM eventstore.relay_status()"
+psql_demo -c "SELECT pid, backend_type, state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE backend_type = 'eventstore relay'"
 kill "$keep_open" 2>/dev/null || true
 echo "== done; everything is cleaned up"

@@ -461,7 +461,7 @@ EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
 		if (EsRelayStatsCopy(&st) && st.state != ES_RELAY_BROKER_DOWN)
 			EsRelaySetState(backing_off ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
 	}
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting for messages");
 	MemoryContextSwitchTo(old);
 	return n;
 }
@@ -483,7 +483,7 @@ eventstore_relay_main(Datum arg)
 									  ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG,
 			(errmsg("eventstore relay started for database \"%s\"", es_database)));
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting for messages");
 
 	for (;;)
 	{
