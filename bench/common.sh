@@ -1,0 +1,48 @@
+# Shared by the bench/ scripts: a throw-away PostgreSQL with eventstore
+# preloaded and the mock Kafka cluster, both cleaned up on exit.
+# Run as root from the source tree after `make install`.
+set -euo pipefail
+
+bindir=$(pg_config --bindir)
+work=$(mktemp -d /tmp/eventstore-bench.XXXXXX)
+chown postgres: "$work"
+port=${BENCH_PORT:-54398}
+as_pg() { runuser -u postgres -- env PATH="$bindir:$PATH" "$@"; }
+bench_psql() { as_pg psql -X -q -h "$work" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+bench_pgbench() { as_pg pgbench -h "$work" -p "$port" -U postgres "$@" postgres; }
+
+bench_cleanup() {
+	as_pg pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	[ -n "${mock_pid:-}" ] && kill "$mock_pid" "$keep_open" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap bench_cleanup EXIT
+
+# Start the mock cluster; sets $bootstrap
+bench_start_mock() {
+	mkfifo "$work/mock.in"
+	sleep 7200 > "$work/mock.in" &
+	keep_open=$!
+	test/tools/mock_kafka --timeout 7200 < "$work/mock.in" > "$work/mock.out" 2>&1 &
+	mock_pid=$!
+	for _ in $(seq 50); do grep -q '^bootstrap=' "$work/mock.out" && break; sleep 0.1; done
+	bootstrap=$(sed -n 's/^bootstrap=//p' "$work/mock.out")
+}
+
+# Start PostgreSQL; $1: brokers ('' turns the relay off); more conf lines on stdin
+bench_start_pg() {
+	as_pg initdb -D "$work/data" -A trust -U postgres >/dev/null
+	{
+		echo "listen_addresses = ''"
+		echo "port = $port"
+		echo "unix_socket_directories = '$work'"
+		echo "shared_preload_libraries = 'eventstore'"
+		echo "eventstore.kafka_brokers = '$1'"
+		echo "shared_buffers = 1GB"
+		echo "max_wal_size = 8GB"
+		echo "synchronous_commit = ${BENCH_SYNC_COMMIT:-on}"
+		cat
+	} >> "$work/data/postgresql.conf"
+	as_pg pg_ctl -D "$work/data" -l "$work/server.log" -w start >/dev/null
+	bench_psql -c 'CREATE EXTENSION eventstore'
+}
