@@ -17,16 +17,18 @@ $node->init;
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION eventstore;
-	CREATE TABLE conflicts (stream_id text, expected bigint);
+	CREATE TABLE conflicts (stream_id text, expected bigint, message text);
 	-- append with the version read before; a conflict is recorded, not raised
 	CREATE FUNCTION race_append(n int, v bigint) RETURNS void LANGUAGE plpgsql AS $$
 	DECLARE
 		s text := 'hot-' || n;
+		msg text;
 	BEGIN
 		PERFORM eventstore.append(s, v,
 			jsonb_build_object('type', 'Inc', 'data', jsonb_build_object('read', v)));
 	EXCEPTION WHEN SQLSTATE 'SE001' THEN
-		INSERT INTO conflicts VALUES (s, v);
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		INSERT INTO conflicts VALUES (s, v, msg);
 	END
 	$$;
 });
@@ -54,7 +56,7 @@ is($result, '0', 'versions are 1..N without gaps or duplicates');
 
 $result = $node->safe_psql('postgres', q{
 	SELECT count(*) FROM eventstore.events
-	WHERE (data ->> 'read')::bigint <> stream_version - 1});
+	WHERE (data ->> 'read')::bigint IS DISTINCT FROM stream_version - 1});
 is($result, '0', 'every committed append was based on the version it read');
 
 $result = $node->safe_psql('postgres', q{
@@ -73,6 +75,15 @@ $result = $node->safe_psql('postgres', q{
 	SELECT count(*) FROM conflicts c
 	WHERE c.expected >= (SELECT version FROM eventstore.streams s WHERE s.stream_id = c.stream_id)});
 is($result, '0', 'each conflict expected a version the stream had already passed');
+
+# The message names the stream, the version expected and a larger actual one
+$result = $node->safe_psql('postgres', q{
+	SELECT count(*) FROM conflicts c,
+		LATERAL (SELECT regexp_match(c.message,
+			'^wrong expected version for stream "([^"]*)": expected (\d+), actual (\d+)$') AS m) r
+	WHERE r.m IS NULL OR r.m[1] <> c.stream_id OR r.m[2]::bigint <> c.expected
+		OR r.m[3]::bigint <= c.expected});
+is($result, '0', 'each SE001 message names the stream, the expected and a newer actual version');
 
 $node->stop;
 done_testing();
