@@ -2,11 +2,14 @@
 # Outbox hygiene: relay N routed events (default 1,000,000) appended by 8
 # clients while the relay runs; report the outbox's largest and final size.
 cd "$(dirname "$0")/.."
-. bench/common.sh
+. test/tools/sandbox.sh
 n=${1:-1000000}
 
 bench_start_mock
-bench_start_pg "$bootstrap" </dev/null
+bench_start_pg "$bootstrap" <<CONF
+shared_buffers = 1GB
+max_wal_size = 8GB
+CONF
 bench_psql -c "SELECT eventstore.add_route('order', 'orders')"
 cat > "$work/append.sql" <<'SQL'
 SELECT eventstore.append('order-' || :client_id || '-' || (random() * 1000)::int, NULL,

@@ -1,10 +1,10 @@
-# Shared by the bench/ scripts: a throw-away PostgreSQL with eventstore
-# preloaded and the mock Kafka cluster, both cleaned up on exit.
+# Sourced by the demo and the bench/ scripts: a throw-away PostgreSQL with
+# eventstore preloaded and the mock Kafka cluster, both cleaned up on exit.
 # Run as root from the source tree after `make install`.
 set -euo pipefail
 
 bindir=$(pg_config --bindir)
-work=$(mktemp -d /tmp/eventstore-bench.XXXXXX)
+work=$(mktemp -d /tmp/eventstore-sandbox.XXXXXX)
 chown postgres: "$work"
 port=${BENCH_PORT:-54398}
 as_pg() { runuser -u postgres -- env PATH="$bindir:$PATH" "$@"; }
@@ -29,7 +29,8 @@ bench_start_mock() {
 	bootstrap=$(sed -n 's/^bootstrap=//p' "$work/mock.out")
 }
 
-# Start PostgreSQL; $1: brokers ('' turns the relay off); more conf lines on stdin
+# Start PostgreSQL and create the extension; $1: brokers ('' turns the relay
+# off); more postgresql.conf lines on stdin
 bench_start_pg() {
 	as_pg initdb -D "$work/data" -A trust -U postgres >/dev/null
 	{
@@ -38,9 +39,7 @@ bench_start_pg() {
 		echo "unix_socket_directories = '$work'"
 		echo "shared_preload_libraries = 'eventstore'"
 		echo "eventstore.kafka_brokers = '$1'"
-		echo "shared_buffers = 1GB"
-		echo "max_wal_size = 8GB"
-		echo "synchronous_commit = ${BENCH_SYNC_COMMIT:-on}"
+		echo "eventstore.database = 'postgres'"
 		cat
 	} >> "$work/data/postgresql.conf"
 	as_pg pg_ctl -D "$work/data" -l "$work/server.log" -w start >/dev/null
