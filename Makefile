@@ -9,7 +9,7 @@ PGFILEDESC = "eventstore - event store and transactional outbox"
 
 PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
-SHLIB_LINK = -lrdkafka -ljansson
+SHLIB_LINK = -lrdkafka
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --load-extension=$(EXTENSION)

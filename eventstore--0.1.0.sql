@@ -177,6 +177,14 @@ CREATE TABLE eventstore.routes (
 	created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every backend caches the routes (append() consults them on each call);
+-- any statement that changes them invalidates those caches.
+CREATE FUNCTION eventstore.routes_changed() RETURNS trigger
+LANGUAGE C AS 'MODULE_PATHNAME', 'eventstore_routes_changed';
+CREATE TRIGGER routes_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstore.routes
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstore.routes_changed();
+
 -- The transactional outbox.  A row for a routed event only points at the
 -- event (event_position); the relay builds the message from it.  A row leaves
 -- the outbox once the broker acknowledged it.  Rows come and go all the time,
@@ -237,25 +245,12 @@ CREATE FUNCTION eventstore.remove_route(category text) RETURNS void
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'eventstore_remove_route';
 
--- The Kafka headers of a routed event: CloudEvents binary content mode.
+-- The Kafka headers of a routed event: CloudEvents binary content mode, as
+-- the relay sends them (both are built by the same C code).
 CREATE FUNCTION eventstore.cloudevent_headers(e eventstore.events, source text)
 RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-	'ce_specversion', '1.0',
-	'ce_id', e.event_id::text,
-	'ce_type', e.event_type,
-	'ce_source', source,
-	'ce_subject', e.stream_id,
-	'ce_time', pg_catalog.to_char(e.recorded_at AT TIME ZONE 'UTC',
-								  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-	'content-type', 'application/json',
-	'ce_sequence', e.stream_version::text,
-	'ce_position', e.global_position::text,
-	'ce_correlationid', e.metadata OPERATOR(pg_catalog.->>) 'correlation_id',
-	'ce_causationid', e.metadata OPERATOR(pg_catalog.->>) 'causation_id',
-	'ce_traceparent', e.metadata OPERATOR(pg_catalog.->>) 'traceparent',
-	'eventstore-metadata', e.metadata::text));
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'eventstore_cloudevent_headers';
 
 -- Dead letters back into the outbox, in their original order.
 CREATE FUNCTION eventstore.requeue_dead_letters(ids bigint[] DEFAULT NULL) RETURNS bigint

@@ -67,10 +67,38 @@ extern int	es_on_dead_letter;
 #define ES_DEAD_LETTER_PARK 1
 
 /* outbox.c */
+extern void EsCheckTopic(const char *topic);
 extern void EsRouteEvents(text *stream_id, const char *category,
 						  Datum *positions, int npositions);
 extern void EsWakeRelayAtCommit(void);
 extern void EsOutboxXactCallback(XactEvent event, void *arg);
+
+/* One Kafka header */
+typedef struct EsHeader
+{
+	const char *name;
+	char	   *value;
+} EsHeader;
+
+/* The columns of an eventstore.events row that its CloudEvents headers use */
+typedef struct EsEventRow
+{
+	Datum		event_id;		/* uuid */
+	text	   *event_type;
+	text	   *stream_id;
+	TimestampTz recorded_at;
+	int64		stream_version;
+	int64		global_position;
+	Jsonb	   *metadata;
+} EsEventRow;
+
+/* cloudevents.c */
+#define ES_CE_MAX_HEADERS 13
+extern int	EsCloudEventHeaders(const EsEventRow *ev, const char *source,
+								EsHeader *out);
+
+/* routes.c */
+extern const char *EsRouteTopic(const char *category);
 
 /* What the relay is doing, as relay_status() shows it */
 typedef enum EsRelayState

@@ -22,8 +22,6 @@
  */
 #include "postgres.h"
 
-#include <jansson.h>
-
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -293,27 +291,15 @@ EsKafkaIsPermanent(rd_kafka_resp_err_t err)
 	}
 }
 
-/* The message's headers, from its JSON object of strings */
+/* The message's headers as librdkafka's */
 static rd_kafka_headers_t *
 EsHeaders(const EsMessage *msg)
 {
-	json_error_t jerr;
-	json_t	   *obj = json_loads(msg->headers, 0, &jerr);
-	rd_kafka_headers_t *hdrs;
-	const char *name;
-	json_t	   *value;
+	rd_kafka_headers_t *hdrs = rd_kafka_headers_new(msg->nheaders);
+	int			i;
 
-	if (obj == NULL || !json_is_object(obj))
-		elog(ERROR, "headers of outbox message " INT64_FORMAT " are not a JSON object: %s",
-			 msg->id, obj ? "" : jerr.text);
-	hdrs = rd_kafka_headers_new(json_object_size(obj));
-	json_object_foreach(obj, name, value)
-	{
-		if (json_is_string(value))
-			rd_kafka_header_add(hdrs, name, -1, json_string_value(value),
-								json_string_length(value));
-	}
-	json_decref(obj);
+	for (i = 0; i < msg->nheaders; i++)
+		rd_kafka_header_add(hdrs, msg->headers[i].name, -1, msg->headers[i].value, -1);
 	return hdrs;
 }
 

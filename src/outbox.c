@@ -1,8 +1,8 @@
 /*
  * outbox.c
- *		The transactional outbox: eventstore.publish(), routes
- *		(add_route/remove_route) that make append() enqueue its events, and
- *		the commit callback that wakes the relay.
+ *		The transactional outbox: eventstore.publish(), replay(), the rows
+ *		append() enqueues for routed categories (see routes.c), and the commit
+ *		callback that wakes the relay.
  *
  * Outbox rows are written in the caller's transaction, so a message exists
  * exactly when the transaction that produced it commits.  Outbox ids are
@@ -26,7 +26,7 @@
 static bool es_wake_at_commit = false;
 
 /* Raise an error unless 'topic' is a legal Kafka topic name */
-static void
+void
 EsCheckTopic(const char *topic)
 {
 	size_t		len = strlen(topic);
@@ -73,25 +73,6 @@ EsCheckHeaders(Jsonb *headers)
 	}
 }
 
-/* The category argument of the route functions: '*' or a category */
-static text *
-EsCheckRouteCategory(FunctionCallInfo fcinfo)
-{
-	char	   *category;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("category must not be null")));
-	category = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (category[0] == '\0' || strchr(category, '-') != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid category \"%s\"", category),
-				 errdetail("A category is the non-empty part of a stream id before its first \"-\", or \"*\".")));
-	return PG_GETARG_TEXT_PP(0);
-}
-
 /* Ask for the relay to be woken when this transaction commits */
 void
 EsWakeRelayAtCommit(void)
@@ -132,24 +113,14 @@ void
 EsRouteEvents(text *stream_id, const char *category, Datum *positions,
 			  int npositions)
 {
-	static SPIPlanPtr route_plan = NULL;
 	static SPIPlanPtr enqueue_plan = NULL;
-	Oid			route_types[1] = {TEXTOID};
 	Oid			enqueue_types[3] = {TEXTOID, TEXTOID, INT8ARRAYOID};
 	Datum		values[3];
-	bool		isnull;
+	const char *topic = EsRouteTopic(category);
 
-	values[0] = CStringGetTextDatum(category);
-	EsSpiExec(EsPlan(&route_plan,
-					 "SELECT topic FROM eventstore.routes"
-					 " WHERE category OPERATOR(pg_catalog.=) $1 OR category OPERATOR(pg_catalog.=) '*'"
-					 " ORDER BY category OPERATOR(pg_catalog.=) '*' LIMIT 1",
-					 1, route_types),
-			  values, NULL, false, SPI_OK_SELECT);
-	if (SPI_processed == 0)
+	if (topic == NULL)
 		return;
-
-	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[0] = CStringGetTextDatum(topic);
 	values[1] = PointerGetDatum(stream_id);
 	values[2] = PointerGetDatum(construct_array(positions, npositions, INT8OID,
 												sizeof(int64), FLOAT8PASSBYVAL,
@@ -208,67 +179,6 @@ eventstore_publish(PG_FUNCTION_ARGS)
 	SPI_finish();
 	EsWakeRelayAtCommit();
 	PG_RETURN_INT64(id);
-}
-
-PG_FUNCTION_INFO_V1(eventstore_add_route);
-
-/* SQL: eventstore.add_route(category text, topic text); replaces a route */
-Datum
-eventstore_add_route(PG_FUNCTION_ARGS)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
-	EsSavedUser saved;
-
-	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("topic must not be null")));
-	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(1)));
-	values[1] = PG_GETARG_DATUM(1);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	EsBecomeOwner(&saved);
-	EsSpiExec(EsPlan(&plan,
-					 "INSERT INTO eventstore.routes (category, topic) VALUES ($1, $2)"
-					 " ON CONFLICT (category) DO UPDATE SET topic = excluded.topic,"
-					 " created_at = excluded.created_at",
-					 2, argtypes),
-			  values, NULL, false, SPI_OK_INSERT);
-	EsRestoreUser(&saved);
-	SPI_finish();
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(eventstore_remove_route);
-
-/* SQL: eventstore.remove_route(category text) */
-Datum
-eventstore_remove_route(PG_FUNCTION_ARGS)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-	EsSavedUser saved;
-
-	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	EsBecomeOwner(&saved);
-	EsSpiExec(EsPlan(&plan,
-					 "DELETE FROM eventstore.routes WHERE category OPERATOR(pg_catalog.=) $1",
-					 1, argtypes),
-			  values, NULL, false, SPI_OK_DELETE);
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no route for category \"%s\"", TextDatumGetCString(values[0]))));
-	EsRestoreUser(&saved);
-	SPI_finish();
-	PG_RETURN_VOID();
 }
 
 PG_FUNCTION_INFO_V1(eventstore_replay);

@@ -76,12 +76,12 @@ EsRelayExit(int code, Datum arg)
 }
 
 /* ce_source: the setting, or /eventstore/<database> (in a transaction) */
-static Datum
+static char *
 EsCloudEventsSource(void)
 {
 	if (es_cloudevents_source[0] != '\0')
-		return CStringGetTextDatum(es_cloudevents_source);
-	return CStringGetTextDatum(psprintf("/eventstore/%s", get_database_name(MyDatabaseId)));
+		return pstrdup(es_cloudevents_source);
+	return psprintf("/eventstore/%s", get_database_name(MyDatabaseId));
 }
 
 /* Copy a text column of the current SPI row, NULL as NULL */
@@ -95,6 +95,36 @@ EsCopyText(HeapTuple tup, TupleDesc desc, int col)
 }
 
 /*
+ * The headers of a message from publish() (or a forwarded dead letter): its
+ * own, a JSON object of strings, and eventstore-outbox-id
+ */
+static int
+EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
+{
+	JsonbIterator *it = JsonbIteratorInit(&headers->root);
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	char	   *name = NULL;
+	int			n = 0;
+
+	*out = palloc(sizeof(EsHeader) * (JB_ROOT_COUNT(headers) + 1));
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			name = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (tok == WJB_VALUE && v.type == jbvString &&
+				 strcmp(name, "eventstore-outbox-id") != 0)
+		{
+			(*out)[n].name = name;
+			(*out)[n++].value = pnstrdup(v.val.string.val, v.val.string.len);
+		}
+	}
+	(*out)[n].name = "eventstore-outbox-id";
+	(*out)[n++].value = psprintf(INT64_FORMAT, id);
+	return n;
+}
+
+/*
  * Read the next batch of ready outbox rows into 'msgs' (allocated in the
  * current memory context, which must outlive the transaction); returns how
  * many.  Sets *wait_ms to how long to sleep if the batch is not full, and
@@ -105,9 +135,10 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 {
 	static SPIPlanPtr fetch_plan = NULL;
 	static SPIPlanPtr due_plan = NULL;
-	Oid			argtypes[4] = {INT8OID, INT4OID, TEXTOID, BOOLOID};
-	Datum		values[4];
+	Oid			argtypes[3] = {INT8OID, INT4OID, BOOLOID};
+	Datum		values[3];
 	MemoryContext batch_cxt = CurrentMemoryContext;
+	char	   *source;
 	int			n = 0;
 	uint64		i;
 
@@ -128,20 +159,19 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 	/* The horizon comes before the snapshot the query runs with */
 	values[0] = Int64GetDatum(EsHorizon(ES_SEQ_OUTBOX));
 	values[1] = Int32GetDatum(es_relay_batch_size);
-	values[2] = EsCloudEventsSource();
-	values[3] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
+	values[2] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
+	source = MemoryContextStrdup(batch_cxt, EsCloudEventsSource());
 	PushActiveSnapshot(GetTransactionSnapshot());
 
+	/* An event's message is built from its row here: see cloudevents.c */
 	EsSpiExec(EsPlan(&fetch_plan,
 					 "SELECT o.id, o.topic, o.message_key,"
-					 " CASE WHEN o.event_position IS NULL THEN o.payload::pg_catalog.text"
+					 " CASE WHEN e.global_position IS NULL THEN o.payload::pg_catalog.text"
 					 " ELSE e.data::pg_catalog.text END,"
-					 " CASE WHEN o.event_position IS NULL"
-					 " THEN o.headers OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
-					 "'eventstore-outbox-id', o.id::pg_catalog.text)"
-					 " ELSE eventstore.cloudevent_headers(e, $3) END::pg_catalog.text,"
-					 " o.attempts, o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic',"
-					 " o.created_at"
+					 " o.headers, o.attempts,"
+					 " o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic',"
+					 " o.created_at, e.event_id, e.event_type, e.stream_id, e.recorded_at,"
+					 " e.stream_version, e.global_position, e.metadata"
 					 " FROM eventstore.outbox o"
 					 " LEFT JOIN eventstore.events e"
 					 " ON e.global_position OPERATOR(pg_catalog.=) o.event_position"
@@ -152,10 +182,10 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 					 " WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
 					 " AND b.id OPERATOR(pg_catalog.<) o.id"
 					 " AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now())"
-					 " AND NOT ($4 AND EXISTS (SELECT FROM eventstore.dead_letters d"
+					 " AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d"
 					 " WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key))"
 					 " ORDER BY o.id LIMIT $2",
-					 4, argtypes),
+					 3, argtypes),
 			  values, NULL, true, SPI_OK_SELECT);
 
 	*msgs = MemoryContextAllocZero(batch_cxt, sizeof(EsMessage) * Max(SPI_processed, 1));
@@ -166,15 +196,33 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 		EsMessage  *m = &(*msgs)[n++];
 		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 		bool		isnull;
+		bool		no_event;
+		Datum		position = SPI_getbinval(tup, desc, 14, &no_event);
 
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->topic = EsCopyText(tup, desc, 2);
 		m->key = EsCopyText(tup, desc, 3);
 		m->value = EsCopyText(tup, desc, 4);
-		m->headers = EsCopyText(tup, desc, 5);
 		m->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		m->forwarded = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 		m->enqueued_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
+		if (no_event)
+			m->nheaders = EsOutboxHeaders(DatumGetJsonbP(SPI_getbinval(tup, desc, 5, &isnull)),
+										  m->id, &m->headers);
+		else
+		{
+			EsEventRow	ev;
+
+			ev.event_id = SPI_getbinval(tup, desc, 9, &isnull);
+			ev.event_type = DatumGetTextPP(SPI_getbinval(tup, desc, 10, &isnull));
+			ev.stream_id = DatumGetTextPP(SPI_getbinval(tup, desc, 11, &isnull));
+			ev.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 12, &isnull));
+			ev.stream_version = DatumGetInt64(SPI_getbinval(tup, desc, 13, &isnull));
+			ev.global_position = DatumGetInt64(position);
+			ev.metadata = DatumGetJsonbP(SPI_getbinval(tup, desc, 15, &isnull));
+			m->headers = palloc(sizeof(EsHeader) * ES_CE_MAX_HEADERS);
+			m->nheaders = EsCloudEventHeaders(&ev, source, m->headers);
+		}
 		MemoryContextSwitchTo(old);
 	}
 
@@ -316,7 +364,7 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
 		return;
 	}
 	values[2] = CStringGetTextDatum(es_dead_letter_topic);
-	values[3] = EsCloudEventsSource();
+	values[3] = CStringGetTextDatum(EsCloudEventsSource());
 	EsHoldHorizon(ES_SEQ_OUTBOX);
 	EsSpiExec(EsPlan(&forward_plan,
 					 "WITH moved AS (DELETE FROM eventstore.outbox o"

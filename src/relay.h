@@ -10,6 +10,8 @@
 
 #include "utils/timestamp.h"
 
+#include "eventstore.h"
+
 #include <librdkafka/rdkafka.h>
 
 /* One outbox row as a Kafka message, and what became of it */
@@ -19,7 +21,8 @@ typedef struct EsMessage
 	char	   *topic;
 	char	   *key;			/* NULL: no key */
 	char	   *value;			/* NULL: a tombstone */
-	char	   *headers;		/* JSON object of strings */
+	EsHeader   *headers;
+	int			nheaders;
 	int32		attempts;		/* failed attempts so far */
 	TimestampTz enqueued_at;	/* eventstore.outbox.created_at */
 	bool		forwarded;		/* a dead letter on its way to the DLT */

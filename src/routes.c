@@ -1,0 +1,207 @@
+/*
+ * routes.c
+ *		Routes: eventstore.add_route() and remove_route(), and the per-backend
+ *		cache of eventstore.routes that append() consults for every call.
+ *
+ * Looking the route up with a query cost an executor start and end per
+ * append (a tenth of a one-event append's CPU, with no route at all), so
+ * each backend keeps the table's rows in memory instead.  A statement
+ * trigger on eventstore.routes (eventstore.routes_changed) queues a relcache
+ * invalidation of the table for every INSERT, UPDATE, DELETE or TRUNCATE,
+ * whoever runs it; PostgreSQL delivers it like any catalog change: to this
+ * backend at its next command, to others when the change commits, and back
+ * to this backend when the change rolls back.  So a transaction that starts
+ * after a route change committed always sees it, as it would with a query.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "eventstore.h"
+
+/* One row of eventstore.routes */
+typedef struct EsRoute
+{
+	char	   *category;
+	char	   *topic;
+} EsRoute;
+
+/* The cached rows, in es_routes_cxt; valid until an invalidation arrives */
+static EsRoute *es_routes = NULL;
+static int	es_nroutes = 0;
+static bool es_routes_valid = false;
+static Oid	es_routes_relid = InvalidOid;
+static MemoryContext es_routes_cxt = NULL;
+
+/* Relcache callback: forget the cache when eventstore.routes changed */
+static void
+EsRoutesInvalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == es_routes_relid)
+		es_routes_valid = false;
+}
+
+/*
+ * Read eventstore.routes into the cache (SPI connected).  The cache is
+ * marked valid before the query runs: an invalidation that arrives while it
+ * runs marks it invalid again, so the next call reads the table anew.
+ */
+static void
+EsRoutesLoad(void)
+{
+	static SPIPlanPtr plan = NULL;
+	uint64		i;
+
+	if (es_routes_cxt == NULL)
+	{
+		es_routes_cxt = AllocSetContextCreate(CacheMemoryContext, "eventstore routes",
+											  ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(EsRoutesInvalidate, (Datum) 0);
+	}
+	es_routes_relid = get_relname_relid("routes", EsSchemaOid());
+	es_routes_valid = true;
+
+	EsSpiExec(EsPlan(&plan, "SELECT category, topic FROM eventstore.routes", 0, NULL),
+			  NULL, NULL, true, SPI_OK_SELECT);
+	MemoryContextReset(es_routes_cxt);
+	es_routes = MemoryContextAlloc(es_routes_cxt, sizeof(EsRoute) * Max(SPI_processed, 1));
+	es_nroutes = (int) SPI_processed;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+
+		es_routes[i].category =
+			MemoryContextStrdup(es_routes_cxt,
+								TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)));
+		es_routes[i].topic =
+			MemoryContextStrdup(es_routes_cxt,
+								TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+}
+
+/*
+ * The topic routed from 'category' (its own route, else '*'), or NULL when
+ * it has none (SPI connected).  Routes are few, so a linear scan does.
+ */
+const char *
+EsRouteTopic(const char *category)
+{
+	const char *wildcard = NULL;
+	int			i;
+
+	if (!es_routes_valid)
+		EsRoutesLoad();
+	for (i = 0; i < es_nroutes; i++)
+	{
+		if (strcmp(es_routes[i].category, category) == 0)
+			return es_routes[i].topic;
+		if (strcmp(es_routes[i].category, "*") == 0)
+			wildcard = es_routes[i].topic;
+	}
+	return wildcard;
+}
+
+PG_FUNCTION_INFO_V1(eventstore_routes_changed);
+
+/*
+ * Trigger function of eventstore.routes_changed: every statement that
+ * changes the table invalidates the route caches.
+ */
+Datum
+eventstore_routes_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("eventstore.routes_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
+}
+
+/* The category argument of the route functions: '*' or a category */
+static text *
+EsCheckRouteCategory(FunctionCallInfo fcinfo)
+{
+	char	   *category;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("category must not be null")));
+	category = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (category[0] == '\0' || strchr(category, '-') != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid category \"%s\"", category),
+				 errdetail("A category is the non-empty part of a stream id before its first \"-\", or \"*\".")));
+	return PG_GETARG_TEXT_PP(0);
+}
+
+PG_FUNCTION_INFO_V1(eventstore_add_route);
+
+/* SQL: eventstore.add_route(category text, topic text); replaces a route */
+Datum
+eventstore_add_route(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	EsSavedUser saved;
+
+	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be null")));
+	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	values[1] = PG_GETARG_DATUM(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(&saved);
+	EsSpiExec(EsPlan(&plan,
+					 "INSERT INTO eventstore.routes (category, topic) VALUES ($1, $2)"
+					 " ON CONFLICT (category) DO UPDATE SET topic = excluded.topic,"
+					 " created_at = excluded.created_at",
+					 2, argtypes),
+			  values, NULL, false, SPI_OK_INSERT);
+	EsRestoreUser(&saved);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(eventstore_remove_route);
+
+/* SQL: eventstore.remove_route(category text) */
+Datum
+eventstore_remove_route(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	EsSavedUser saved;
+
+	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(&saved);
+	EsSpiExec(EsPlan(&plan,
+					 "DELETE FROM eventstore.routes WHERE category OPERATOR(pg_catalog.=) $1",
+					 1, argtypes),
+			  values, NULL, false, SPI_OK_DELETE);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no route for category \"%s\"", TextDatumGetCString(values[0]))));
+	EsRestoreUser(&saved);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
