@@ -61,6 +61,20 @@ SELECT h - 'ce_time' - 'ce_position' AS headers,
 	   (h ->> 'ce_position')::bigint = e.global_position AS position
 FROM eventstore.events e, eventstore.cloudevent_headers(e, '/eventstore/test') h
 WHERE e.stream_id = 'parcel-9';
+-- ce_time is recorded_at in UTC (this session's time zone is not UTC)
+SELECT current_setting('TimeZone') <> 'UTC' AS not_utc,
+	   h ->> 'ce_time' = to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ce_time
+FROM eventstore.events e, eventstore.cloudevent_headers(e, 'src') h
+WHERE e.stream_id = 'parcel-9';
+-- metadata values as ->> gives them: numbers and objects as JSON text, null left out
+SELECT eventstore.append_event('parcel-10', 0, 'Placed', 'null',
+	'{"correlation_id": 42, "causation_id": null, "traceparent": {"v": [1, "x"]}}');
+SELECT h - 'ce_time' - 'ce_position' - 'ce_id' AS headers
+FROM eventstore.events e, eventstore.cloudevent_headers(e, NULL) h
+WHERE e.stream_id = 'parcel-10';
+-- bad input
+SELECT eventstore.cloudevent_headers(NULL, 'src') IS NULL AS null_event;
+SELECT try($$SELECT eventstore.cloudevent_headers(ROW(1, 's-1', 1, NULL, 't', '1', '{}', now(), 's')::eventstore.events, 'src')$$);
 
 -- dead letters and replay: bad input
 SELECT try($$SELECT eventstore.discard_dead_letters(NULL)$$);

@@ -536,6 +536,7 @@ eventstore_relay_main(Datum arg)
 	for (;;)
 	{
 		long		wait_ms = ES_IDLE_CHECK_MS;
+		long		stats_ms;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -561,8 +562,20 @@ eventstore_relay_main(Datum arg)
 		{
 			EsKafkaServe();
 			if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
+			{
+				(void) pgstat_report_stat(false);
 				continue;
+			}
 		}
+
+		/*
+		 * Report table statistics, as PostgresMain does between queries: the
+		 * outbox's autovacuum depends on the relay's deletes being counted.
+		 * What could not be reported yet goes out after a short wait.
+		 */
+		stats_ms = pgstat_report_stat(false);
+		if (stats_ms > 0 && (wait_ms < 0 || stats_ms < wait_ms))
+			wait_ms = stats_ms;
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (wait_ms >= 0 ? WL_TIMEOUT : 0),

@@ -38,23 +38,30 @@ static bool es_routes_valid = false;
 static Oid	es_routes_relid = InvalidOid;
 static MemoryContext es_routes_cxt = NULL;
 
+/* Invalidations of eventstore.routes seen so far */
+static uint64 es_routes_invalidations = 0;
+
 /* Relcache callback: forget the cache when eventstore.routes changed */
 static void
 EsRoutesInvalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == es_routes_relid)
+	{
 		es_routes_valid = false;
+		es_routes_invalidations++;
+	}
 }
 
 /*
- * Read eventstore.routes into the cache (SPI connected).  The cache is
- * marked valid before the query runs: an invalidation that arrives while it
- * runs marks it invalid again, so the next call reads the table anew.
+ * Read eventstore.routes into the cache (SPI connected).  The cache only
+ * becomes valid if the load completed and no invalidation arrived while the
+ * query ran; an error leaves it invalid, so the next call reads it anew.
  */
 static void
 EsRoutesLoad(void)
 {
 	static SPIPlanPtr plan = NULL;
+	uint64		seen = es_routes_invalidations;
 	uint64		i;
 
 	if (es_routes_cxt == NULL)
@@ -63,8 +70,8 @@ EsRoutesLoad(void)
 											  ALLOCSET_SMALL_SIZES);
 		CacheRegisterRelcacheCallback(EsRoutesInvalidate, (Datum) 0);
 	}
+	es_routes_valid = false;
 	es_routes_relid = get_relname_relid("routes", EsSchemaOid());
-	es_routes_valid = true;
 
 	EsSpiExec(EsPlan(&plan, "SELECT category, topic FROM eventstore.routes", 0, NULL),
 			  NULL, NULL, true, SPI_OK_SELECT);
@@ -83,6 +90,7 @@ EsRoutesLoad(void)
 			MemoryContextStrdup(es_routes_cxt,
 								TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)));
 	}
+	es_routes_valid = (es_routes_invalidations == seen);
 }
 
 /*
