@@ -29,3 +29,8 @@ PROVE_FLAGS = -I test/perl
 demo:
 	bash demo/run.sh
 .PHONY: demo
+
+# Every benchmark in one run; rewrites docs/performance.md
+bench:
+	bash bench/run
+.PHONY: bench

@@ -1,0 +1,34 @@
+# Part of bench/run: latency from commit to consumer.  One-event
+# transactions at a steady 1,000 per second for 30 seconds
+# (bench/commit_to_consume: 4 connections, each append timed from the
+# moment its commit returned until a Kafka consumer on the test broker
+# received the message).  The baseline is the test broker's own floor:
+# the same messages produced straight to it with librdkafka and consumed
+# the same way, no database.
+
+bench_latency_part() {
+	local secs=${1:-30} out floor p99
+	bench_relay "$bootstrap"
+	echo "create_topic latency 4" > "$work/mock.in"
+	echo "create_topic latency-floor 4" > "$work/mock.in"
+	bench_psql -c "SELECT eventstore.add_route('lat', 'latency')" >/dev/null
+	sleep 1
+
+	out=$(bench/commit_to_consume --conninfo "host=$work port=$port user=postgres dbname=postgres" \
+		--brokers "$bootstrap" --topic latency --category lat --rate 1000 --seconds "$secs")
+	floor=$(bench/commit_to_consume --brokers "$bootstrap" --topic latency-floor --category floor \
+		--rate 1000 --seconds "$secs" --calibrate)
+	echo "  relay: $out" >&2
+	echo "  floor: $floor" >&2
+	field() { sed -n "s/.*\b$1=\([0-9.-]*\).*/\1/p" <<<"$2"; }
+	p99=$(field p99_ms "$out")
+	bench_result "latency commit -> consumer, 1,000/s: p50 (ms)" "$(field p50_ms "$out")" \
+		"$(field p50_ms "$floor") broker floor" "" "" ""
+	bench_result "latency commit -> consumer, 1,000/s: p99 (ms)" "$p99" \
+		"$(field p99_ms "$floor") broker floor" "" "<= 10 ms" "$(bench_verdict "$p99" '<=' 10)"
+	bench_result "latency commit -> consumer, 1,000/s: max (ms)" "$(field max_ms "$out")" \
+		"$(field max_ms "$floor") broker floor" "" "" ""
+	bench_result "  achieved rate (appends/s), missing messages" \
+		"$(field rate "$out"), $(field missing "$out") missing" "" "" "" ""
+	bench_psql -c "SELECT eventstore.remove_route('lat')" >/dev/null
+}

@@ -1,0 +1,94 @@
+# Part of bench/run: relay drain.  200,000 routed events (2,000 streams of
+# 100) are committed in one transaction while the relay is connected and
+# idle; the time from that commit until the relay has recorded every one as
+# acknowledged by the broker is compared with the two limits of the job,
+# measured in the same run on the same messages:
+#  (a) the database: draining the same outbox rows with a plain batched
+#      DELETE ... RETURNING (1,000 a transaction, joined with their events,
+#      as a relay must read them), no Kafka;
+#  (b) the producer: producing the same messages (key, value, CloudEvents
+#      headers) with librdkafka alone (bench/produce_only), no database.
+# The relay waits for the broker to acknowledge each batch before it records
+# it and reads the next, so (c), librdkafka alone with that same discipline
+# (--flush-every, the relay's batch size), shows what that wait costs.
+
+bench_relay_drain() {
+	local streams=${1:-2000} n relay commit db producer batchwise slower ratio out
+	n=$((streams * 100))
+	bench_psql >/dev/null <<'SQL'
+CREATE OR REPLACE PROCEDURE bench_drain(streams int, per_stream int,
+	INOUT commit_seconds float8 DEFAULT NULL, INOUT drain_seconds float8 DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+	sent bigint;
+	events jsonb := (SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded',
+		'data', jsonb_build_object('sku', 'sku-' || i, 'qty', 1 + i % 3))) FROM generate_series(1, per_stream) i);
+	t0 timestamptz := clock_timestamp();
+	t1 timestamptz;
+BEGIN
+	SELECT sent_total INTO sent FROM eventstore.relay_status();
+	PERFORM eventstore.append('drain-' || i, 0, events) FROM generate_series(1, streams) i;
+	COMMIT;
+	t1 := clock_timestamp();
+	commit_seconds := extract(epoch FROM t1 - t0);
+	-- relay_status() reads shared memory: polling it costs the relay nothing
+	WHILE (SELECT sent_total FROM eventstore.relay_status()) < sent + streams * per_stream LOOP
+		PERFORM pg_sleep(0.005);
+	END LOOP;
+	drain_seconds := extract(epoch FROM clock_timestamp() - t1);
+END
+$$;
+SELECT eventstore.add_route('drain', 'drain');
+SQL
+	# The relay connected and idle, as in production
+	bench_relay "$bootstrap"
+	bench_psql -c "SELECT eventstore.publish('drain', 'warm-up', '{}')" >/dev/null
+	bench_wait_drained 60
+
+	out=$(bench_value "CALL bench_drain($streams, 100)")
+	commit=${out%|*}
+	relay=${out#*|}
+
+	# (b) the same messages through librdkafka alone, to a topic of their own
+	bench_value "SELECT json_build_object('topic', 'drain-producer', 'key', e.stream_id,
+		'value', e.data::text, 'headers', eventstore.cloudevent_headers(e, '/eventstore/postgres'))
+		FROM eventstore.events e WHERE category = 'drain' ORDER BY global_position" > "$work/drain.jsonl"
+	out=$(bench/produce_only --brokers "$bootstrap" --input "$work/drain.jsonl")
+	producer=$(sed -n 's/.* seconds=\([0-9.]*\) .*/\1/p' <<<"$out")
+	out=$(bench/produce_only --brokers "$bootstrap" --input "$work/drain.jsonl" \
+		--flush-every "$(bench_value 'SHOW eventstore.relay_batch_size')")
+	batchwise=$(sed -n 's/.* seconds=\([0-9.]*\) .*/\1/p' <<<"$out")
+	rm -f "$work/drain.jsonl"
+
+	# (a) the same rows drained by plain SQL, the relay off
+	bench_relay ''
+	bench_psql >/dev/null <<'SQL'
+CREATE TABLE plain_outbox (LIKE eventstore.outbox INCLUDING ALL);
+INSERT INTO plain_outbox (topic, message_key, event_position)
+	SELECT 'drain', stream_id, global_position FROM eventstore.events
+	WHERE category = 'drain' ORDER BY global_position;
+SQL
+	bench_script drain <<'SQL'
+WITH batch AS (
+	DELETE FROM plain_outbox WHERE id IN (SELECT id FROM plain_outbox ORDER BY id LIMIT 1000)
+	RETURNING id, topic, message_key, event_position)
+SELECT b.id, b.topic, b.message_key, e.* FROM batch b
+JOIN eventstore.events e ON e.global_position = b.event_position ORDER BY b.id;
+SQL
+	out=$(bench_pgbench -n -M prepared -c 1 -t $((n / 1000)) -f "$work/drain.sql" 2>&1)
+	db=$(bench_div $((n / 1000)) "$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")")
+	[ "$(bench_value 'SELECT count(*) FROM plain_outbox')" = 0 ] || { echo "bench: plain drain left rows" >&2; return 1; }
+	bench_psql -c 'DROP TABLE plain_outbox' >/dev/null
+
+	slower=$(echo "if ($db > $producer) $db else $producer" | bc -l)
+	ratio=$(bench_div "$slower" "$relay")
+	bench_result "relay drain of $n committed events (messages/s)" "$(bench_fmt 0 "$(bench_div $n "$relay")")" \
+		"$(bench_fmt 0 "$(bench_div $n "$slower")") slower limit" "$(bench_fmt 2 "$ratio")" ">= 0.60" \
+		"$(bench_verdict "$ratio" '>=' 0.60)"
+	bench_result "  relay: commit -> all acknowledged (s)" "$(bench_fmt 2 "$relay")" "" "" "" ""
+	bench_result "  (a) database limit: batched DELETE ... RETURNING (s)" "$(bench_fmt 2 "$db")" "" "" "" ""
+	bench_result "  (b) producer limit: librdkafka alone (s)" "$(bench_fmt 2 "$producer")" "" "" "" ""
+	bench_result "  (c) librdkafka alone, waiting for each batch like the relay (s)" \
+		"$(bench_fmt 2 "$batchwise")" "" "" "" ""
+	bench_result "  appending them in one transaction (s)" "$(bench_fmt 2 "$commit")" "" "" "" ""
+}
