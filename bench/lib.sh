@@ -99,6 +99,13 @@ bench_relay() {
 	return 1
 }
 
+# Start a part on a quiet server, as pgbench vacuums before a run: the
+# previous part's dead rows and dirty pages are cleaned up now, not by
+# autovacuum and the checkpointer in the middle of the next part's figures
+bench_settle() {
+	bench_psql -c 'VACUUM ANALYZE' -c 'CHECKPOINT' >/dev/null
+}
+
 # Wait until the outbox is empty (at most $1 seconds, default 600)
 bench_wait_drained() {
 	local i

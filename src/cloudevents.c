@@ -14,7 +14,6 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
-#include "utils/lsyscache.h"
 #include "utils/uuid.h"
 
 #include "eventstore.h"
