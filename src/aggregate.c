@@ -417,7 +417,6 @@ eventstore_register_aggregate(PG_FUNCTION_ARGS)
 	static const char *const argnames[] = {"category", "reducer", "snapshot_every", "revision"};
 	Oid			argtypes[4] = {TEXTOID, REGPROCEDUREOID, INT4OID, INT4OID};
 	Datum		values[4];
-	char	   *category;
 	EsSavedUser saved;
 	int			i;
 
@@ -426,12 +425,7 @@ eventstore_register_aggregate(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("%s must not be null", argnames[i])));
-	category = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (category[0] == '\0' || strchr(category, '-') != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid category \"%s\"", category),
-				 errdetail("A category is the non-empty part of a stream id before its first \"-\".")));
+	EsCheckCategory(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
 	if (PG_GETARG_INT32(2) <= 0 || PG_GETARG_INT32(3) <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -129,6 +129,22 @@ EsStreamVersion(text *stream_id)
 	return DatumGetInt64(version);
 }
 
+/*
+ * Raise an error unless 'category' is one: the non-empty part of a stream id
+ * before its first '-' (routes also take '*', which passes this check)
+ */
+void
+EsCheckCategory(const char *category, bool wildcard)
+{
+	if (category[0] == '\0' || strchr(category, '-') != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid category \"%s\"", category),
+				 wildcard ?
+				 errdetail("A category is the non-empty part of a stream id before its first \"-\", or \"*\".") :
+				 errdetail("A category is the non-empty part of a stream id before its first \"-\".")));
+}
+
 /* A stream's category: the part of its id before the first '-' */
 char *
 EsCategoryOf(const char *stream_id)

@@ -35,6 +35,7 @@ extern void EsSpiExec(SPIPlanPtr plan, Datum *values, const char *nulls,
 					  bool read_only, int expected);
 extern text *EsCheckStreamId(FunctionCallInfo fcinfo, int argno);
 extern int64 EsStreamVersion(text *stream_id);
+extern void EsCheckCategory(const char *category, bool wildcard);
 extern char *EsCategoryOf(const char *stream_id);
 extern bool EsJsonbEqual(Jsonb *a, Jsonb *b);
 

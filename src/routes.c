@@ -138,18 +138,11 @@ eventstore_routes_changed(PG_FUNCTION_ARGS)
 static text *
 EsCheckRouteCategory(FunctionCallInfo fcinfo)
 {
-	char	   *category;
-
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("category must not be null")));
-	category = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (category[0] == '\0' || strchr(category, '-') != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid category \"%s\"", category),
-				 errdetail("A category is the non-empty part of a stream id before its first \"-\", or \"*\".")));
+	EsCheckCategory(text_to_cstring(PG_GETARG_TEXT_PP(0)), true);
 	return PG_GETARG_TEXT_PP(0);
 }
 
