@@ -20,15 +20,14 @@ bench_latency_part() {
 		--rate 1000 --seconds "$secs" --calibrate)
 	echo "  relay: $out" >&2
 	echo "  floor: $floor" >&2
-	field() { sed -n "s/.*\b$1=\([0-9.-]*\).*/\1/p" <<<"$2"; }
-	p99=$(field p99_ms "$out")
-	bench_result "latency commit -> consumer, 1,000/s: p50 (ms)" "$(field p50_ms "$out")" \
-		"$(field p50_ms "$floor") broker floor" "" "" ""
+	p99=$(bench_field p99_ms "$out")
+	bench_result "latency commit -> consumer, 1,000/s: p50 (ms)" "$(bench_field p50_ms "$out")" \
+		"$(bench_field p50_ms "$floor") broker floor" "" "" ""
 	bench_result "latency commit -> consumer, 1,000/s: p99 (ms)" "$p99" \
-		"$(field p99_ms "$floor") broker floor" "" "<= 10 ms" "$(bench_verdict "$p99" '<=' 10)"
-	bench_result "latency commit -> consumer, 1,000/s: max (ms)" "$(field max_ms "$out")" \
-		"$(field max_ms "$floor") broker floor" "" "" ""
+		"$(bench_field p99_ms "$floor") broker floor" "" "<= 10 ms" "$(bench_verdict "$p99" '<=' 10)"
+	bench_result "latency commit -> consumer, 1,000/s: max (ms)" "$(bench_field max_ms "$out")" \
+		"$(bench_field max_ms "$floor") broker floor" "" "" ""
 	bench_result "  achieved rate (appends/s), missing messages" \
-		"$(field rate "$out"), $(field missing "$out") missing" "" "" "" ""
+		"$(bench_field rate "$out"), $(bench_field missing "$out") missing" "" "" "" ""
 	bench_psql -c "SELECT eventstore.remove_route('lat')" >/dev/null
 }

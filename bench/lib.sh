@@ -13,12 +13,23 @@ bench_script() {
 	chown postgres "$work/$1.sql"
 }
 
+# The tps figure of pgbench's output on stdin
+bench_tps_of() {
+	sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
+}
+
+# One value of the line bench/produce_only and bench/commit_to_consume print
+# (name=value ...): bench_field <name> <line>
+bench_field() {
+	sed -n "s/.*\b$1=\([0-9.-]*\).*/\1/p" <<<"$2"
+}
+
 # Transactions per second of a pgbench run: bench_tps <script> [pgbench options]
 bench_tps() {
 	local s=$1
 	shift
 	bench_pgbench -n -M prepared -c 8 -j 2 -T "$BENCH_SECS" "$@" -f "$work/$s.sql" 2>"$work/pgbench.err" |
-		sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | grep . || { cat "$work/pgbench.err" >&2; return 1; }
+		bench_tps_of | grep . || { cat "$work/pgbench.err" >&2; return 1; }
 }
 
 # The median of the numbers on stdin, one per line

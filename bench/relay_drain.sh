@@ -54,10 +54,10 @@ SQL
 		'value', e.data::text, 'headers', eventstore.cloudevent_headers(e, '/eventstore/postgres'))
 		FROM eventstore.events e WHERE category = 'drain' ORDER BY global_position" > "$work/drain.jsonl"
 	out=$(bench/produce_only --brokers "$bootstrap" --input "$work/drain.jsonl")
-	producer=$(sed -n 's/.* seconds=\([0-9.]*\) .*/\1/p' <<<"$out")
+	producer=$(bench_field seconds "$out")
 	out=$(bench/produce_only --brokers "$bootstrap" --input "$work/drain.jsonl" \
 		--flush-every "$(bench_value 'SHOW eventstore.relay_batch_size')")
-	batchwise=$(sed -n 's/.* seconds=\([0-9.]*\) .*/\1/p' <<<"$out")
+	batchwise=$(bench_field seconds "$out")
 	rm -f "$work/drain.jsonl"
 
 	# (a) the same rows drained by plain SQL, the relay off
@@ -76,7 +76,7 @@ SELECT b.id, b.topic, b.message_key, e.* FROM batch b
 JOIN eventstore.events e ON e.global_position = b.event_position ORDER BY b.id;
 SQL
 	out=$(bench_pgbench -n -M prepared -c 1 -t $((n / 1000)) -f "$work/drain.sql" 2>&1)
-	db=$(bench_div $((n / 1000)) "$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")")
+	db=$(bench_div $((n / 1000)) "$(bench_tps_of <<<"$out")")
 	[ "$(bench_value 'SELECT count(*) FROM plain_outbox')" = 0 ] || { echo "bench: plain drain left rows" >&2; return 1; }
 	bench_psql -c 'DROP TABLE plain_outbox' >/dev/null
 

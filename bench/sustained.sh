@@ -28,7 +28,7 @@ SQL
 	bench_wait_drained 300
 	drain_end=$(date +%s.%N)
 	sent1=$(bench_value 'SELECT sent_total FROM eventstore.relay_status()')
-	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/sus.out")
+	tps=$(bench_tps_of < "$work/sus.out")
 
 	half=$(( $(wc -l < "$work/backlog") / 2 ))
 	max1=$(head -n "$half" "$work/backlog" | awk '$1 > m { m = $1 } END { print m + 0 }')
