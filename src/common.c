@@ -62,9 +62,22 @@ EsRestoreUser(const EsSavedUser *saved)
 SPIPlanPtr
 EsPlan(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
 {
+	return EsPlanWithOptions(cache, sql, nargs, argtypes, 0);
+}
+
+/*
+ * EsPlan with cursor options: CURSOR_OPT_CUSTOM_PLAN keeps the parsed query
+ * but plans it anew at each execution, for a query whose best plan depends
+ * on how large a table is right now.
+ */
+SPIPlanPtr
+EsPlanWithOptions(SPIPlanPtr *cache, const char *sql, int nargs,
+				  const Oid *argtypes, int cursor_options)
+{
 	if (*cache == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+											  cursor_options);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",

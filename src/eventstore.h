@@ -31,6 +31,8 @@ extern void EsBecomeOwner(EsSavedUser *saved);
 extern void EsRestoreUser(const EsSavedUser *saved);
 extern SPIPlanPtr EsPlan(SPIPlanPtr *cache, const char *sql, int nargs,
 						 const Oid *argtypes);
+extern SPIPlanPtr EsPlanWithOptions(SPIPlanPtr *cache, const char *sql, int nargs,
+									const Oid *argtypes, int cursor_options);
 extern void EsSpiExec(SPIPlanPtr plan, Datum *values, const char *nulls,
 					  bool read_only, int expected);
 extern text *EsCheckStreamId(FunctionCallInfo fcinfo, int argno);
