@@ -1,10 +1,11 @@
 # eventstore: PGXS build.  `make && make install`, then see README.md.
 
 EXTENSION = eventstore
-EXTVERSION = 0.1.0
+EXTVERSION = 0.2.0
 MODULE_big = eventstore
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
-DATA = $(EXTENSION)--$(EXTVERSION).sql
+# The install script of every version, and the upgrade scripts between them
+DATA = $(wildcard $(EXTENSION)--*.sql)
 PGFILEDESC = "eventstore - event store and transactional outbox"
 
 PG_CPPFLAGS = -Isrc
@@ -21,6 +22,9 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Every object depends on the shared headers (PGXS tracks no dependencies)
+$(OBJS): $(wildcard src/*.h)
 
 # Makefile.global resets PROVE_FLAGS, so this comes after the include
 PROVE_FLAGS = -I test/perl

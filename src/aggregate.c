@@ -6,10 +6,20 @@
  * load_aggregate starts from the newest snapshot of the category's reducer
  * revision at or below the version asked for.  With a registered reducer it
  * folds the events after the snapshot here, in C, calling the reducer once
- * per event as the caller (so the reducer runs with the caller's rights),
- * and stores a snapshot when it folded at least snapshot_every events.
- * Without one it returns the snapshot and the events after it as JSON, for
- * the application to fold.
+ * per event, and stores a snapshot when it folded at least snapshot_every
+ * events.  Without one it returns the snapshot and the events after it as
+ * JSON, for the application to fold.
+ *
+ * One answer, one snapshot: the stream's version, the snapshot and the
+ * events all come from the snapshot load_aggregate takes as it starts, so
+ * the state it returns (and may store) is exactly the fold of the events up
+ * to the version it reports.
+ *
+ * A reducer runs as its owner, with SECURITY_RESTRICTED_OPERATION and
+ * search_path pinned to pg_catalog, pg_temp, as PostgreSQL runs index
+ * expressions: its result is stored for every reader, so it must not depend
+ * on (or be able to use) the rights of whoever happens to load.  The caller
+ * still needs EXECUTE on it.
  */
 #include "postgres.h"
 
@@ -25,6 +35,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "compat.h"
@@ -49,6 +60,8 @@ typedef struct EsSnapshot
 	Datum		state;
 } EsSnapshot;
 
+static Oid	EsCheckReducer(Oid reducer);
+
 /* Look up the category's registered reducer (SPI connected) */
 static bool
 EsLookupAggregate(const char *category, EsAggregateDef *def)
@@ -64,7 +77,7 @@ EsLookupAggregate(const char *category, EsAggregateDef *def)
 		   " WHERE category OPERATOR(pg_catalog.=) $1",
 		   1, argtypes);
 	values[0] = CStringGetTextDatum(category);
-	EsSpiExec(plan, values, NULL, false, SPI_OK_SELECT);
+	EsSpiExec(plan, values, NULL, true, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
@@ -103,7 +116,7 @@ EsFindSnapshot(text *stream_id, int32 revision, int64 version)
 	values[0] = PointerGetDatum(stream_id);
 	values[1] = Int32GetDatum(revision);
 	values[2] = Int64GetDatum(version);
-	EsSpiExec(plan, values, NULL, false, SPI_OK_SELECT);
+	EsSpiExec(plan, values, NULL, true, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 	{
 		snap.found = true;
@@ -150,7 +163,8 @@ EsWriteSnapshot(text *stream_id, int64 version, Datum state, int32 revision,
 
 /*
  * Fold the events in (snap->version, target] through the reducer; returns
- * how many were folded and leaves the state in *state / *state_null.
+ * how many were folded and leaves the state in *state / *state_null.  The
+ * events are read as the caller, the reducer runs as its owner.
  *
  * Each call's garbage goes into a context reset per event; the state lives
  * in one of two contexts, the older of which is reset once the reducer
@@ -170,7 +184,11 @@ EsFold(text *stream_id, const EsAggregateDef *def, const EsSnapshot *snap,
 				oldcxt;
 	int			cur = 0;
 	int64		folded = 0;
+	Oid			owner;
+	EsSavedUser saved;
 
+	/* The function may have changed since it was registered */
+	owner = EsCheckReducer(def->reducer);
 	if (EsProcAclCheck(def->reducer, GetUserId()) != ACLCHECK_OK)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION,
 					   format_procedure(def->reducer));
@@ -198,6 +216,7 @@ EsFold(text *stream_id, const EsAggregateDef *def, const EsSnapshot *snap,
 	values[2] = Int64GetDatum(target);
 	portal = SPI_cursor_open(NULL, plan, values, NULL, true);
 
+	EsBecomeUser(owner, &saved);
 	for (;;)
 	{
 		SPITupleTable *batch;
@@ -236,6 +255,7 @@ EsFold(text *stream_id, const EsAggregateDef *def, const EsSnapshot *snap,
 		}
 		SPI_freetuptable(batch);
 	}
+	EsRestoreUser(&saved);
 	SPI_cursor_close(portal);
 
 	/* Move the final state out of the contexts we are about to delete */
@@ -273,11 +293,14 @@ EsEventsJson(text *stream_id, int64 after, int64 target)
 	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 }
 
-/* Raise an error unless the stream has reached 'version' */
+/*
+ * Raise an error unless the stream has reached 'version'; 'read_only': as
+ * seen by the active snapshot, else by a new one
+ */
 static int64
-EsCheckVersionExists(text *stream_id, int64 version)
+EsCheckVersionExists(text *stream_id, int64 version, bool read_only)
 {
-	int64		current = EsStreamVersion(stream_id);
+	int64		current = EsStreamVersion(stream_id, read_only);
 
 	if (version > current)
 		ereport(ERROR,
@@ -313,8 +336,17 @@ eventstore_load_aggregate(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	target = PG_ARGISNULL(1) ? EsStreamVersion(stream_id) :
-		(EsCheckVersionExists(stream_id, PG_GETARG_INT64(1)), PG_GETARG_INT64(1));
+	/*
+	 * Every read below runs with this one snapshot (read-only SPI uses the
+	 * active snapshot).  Under READ COMMITTED it is taken now, after the
+	 * command counter moved past what earlier parts of the calling
+	 * statement wrote: an append_event() in the same statement is seen.
+	 */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	target = PG_ARGISNULL(1) ? EsStreamVersion(stream_id, true) :
+		(EsCheckVersionExists(stream_id, PG_GETARG_INT64(1), true), PG_GETARG_INT64(1));
 	category = EsCategoryOf(text_to_cstring(stream_id));
 	have_reducer = EsLookupAggregate(category, &def);
 	snap = EsFindSnapshot(stream_id, have_reducer ? def.revision : 0, target);
@@ -343,6 +375,7 @@ eventstore_load_aggregate(PG_FUNCTION_ARGS)
 
 	/* The tuplestore copies the values out of SPI's memory */
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	PopActiveSnapshot();
 	SPI_finish();
 	return (Datum) 0;
 }
@@ -367,7 +400,7 @@ eventstore_save_snapshot(PG_FUNCTION_ARGS)
 				 errmsg("snapshot version must be positive: " INT64_FORMAT, version)));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	EsCheckVersionExists(stream_id, version);
+	EsCheckVersionExists(stream_id, version, false);
 	EsWriteSnapshot(stream_id, version, PG_GETARG_DATUM(2),
 					EsSnapshotRevision(EsCategoryOf(text_to_cstring(stream_id))),
 					true);
@@ -375,13 +408,17 @@ eventstore_save_snapshot(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Raise an error unless 'reducer' is (jsonb, eventstore.events) -> jsonb, not strict */
-static void
+/*
+ * Raise an error unless 'reducer' is (jsonb, eventstore.events) -> jsonb,
+ * not strict; returns its owner
+ */
+static Oid
 EsCheckReducer(Oid reducer)
 {
 	Oid			events_type = get_rel_type_id(get_relname_relid("events", EsSchemaOid()));
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(reducer));
 	Form_pg_proc proc;
+	Oid			owner;
 
 	if (!HeapTupleIsValid(tup))
 		ereport(ERROR,
@@ -401,7 +438,9 @@ EsCheckReducer(Oid reducer)
 				 errmsg("reducer %s must not be STRICT", format_procedure(reducer)),
 				 errdetail("The first event of a stream is folded into a NULL state."),
 				 errhint("Declare it CALLED ON NULL INPUT and handle the NULL state.")));
+	owner = proc->proowner;
 	ReleaseSysCache(tup);
+	return owner;
 }
 
 PG_FUNCTION_INFO_V1(eventstore_register_aggregate);
@@ -430,7 +469,7 @@ eventstore_register_aggregate(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be positive", PG_GETARG_INT32(2) <= 0 ? "snapshot_every" : "revision")));
-	EsCheckReducer(PG_GETARG_OID(1));
+	(void) EsCheckReducer(PG_GETARG_OID(1));
 
 	for (i = 0; i < 4; i++)
 		values[i] = PG_GETARG_DATUM(i);

@@ -287,6 +287,22 @@ EsIsRetry(EsAppend *a, int64 *version)
 	return true;
 }
 
+static void EsDuplicateIdError(EsAppend *a) pg_attribute_noreturn();
+
+/*
+ * SE002 for an id that a concurrent append took while this one inserted
+ * some of its events: which stored event has it is not known here
+ */
+static void
+EsDuplicateIdError(EsAppend *a)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+			 errmsg("an event id of this append to stream \"%s\" was used by a concurrent append",
+					text_to_cstring(a->stream_id)),
+			 errdetail("A retried append is only accepted when all its events match the stored ones.")));
+}
+
 /*
  * The append cannot go ahead as asked: return the version of a retried call
  * that already succeeded, or raise SE001 (wrong version) or SE002 (an id is
@@ -296,7 +312,7 @@ static int64
 EsResolveConflict(EsAppend *a)
 {
 	char	   *stream = text_to_cstring(a->stream_id);
-	int64		current = EsStreamVersion(a->stream_id);
+	int64		current = EsStreamVersion(a->stream_id, false);
 	int64		version;
 	bool		isnull;
 
@@ -308,8 +324,16 @@ EsResolveConflict(EsAppend *a)
 				 errmsg("wrong expected version for stream \"%s\": expected " INT64_FORMAT ", actual " INT64_FORMAT,
 						stream, a->expected, current),
 				 errhint("Reload the stream and decide again, or pass NULL as expected_version to skip the check.")));
+	if (a->check && (a->nids == 0 || SPI_processed == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+				 errmsg("stream \"%s\" changed concurrently at version " INT64_FORMAT,
+						stream, current),
+				 errdetail("Its version was " INT64_FORMAT " each time the append looked, but other appends moved it in between.",
+						   a->expected),
+				 errhint("Reload the stream and decide again, or pass NULL as expected_version to skip the check.")));
 	if (a->nids == 0 || SPI_processed == 0)
-		elog(ERROR, "append conflict on stream \"%s\" without a cause", stream);
+		EsDuplicateIdError(a);
 	ereport(ERROR,
 			(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
 			 errmsg("event id %s is already used by version " INT64_FORMAT " of stream \"%s\"",
@@ -391,50 +415,59 @@ EsReturnedPositions(void)
 /*
  * Insert the events as versions base + 1 ... base + nevents; returns their
  * positions in version order.
+ *
+ * When the caller chose ids, an id may be taken by a concurrent append that
+ * committed after our check (the same call retried in parallel, or another
+ * stream): the INSERT then skips that event (ON CONFLICT (event_id) DO
+ * NOTHING, which waits for the other transaction to end) rather than fail
+ * with a unique violation, and this returns NULL with *inserted set to how
+ * many events it did insert.
  */
 static Datum *
-EsInsertEvents(EsAppend *a, int64 base)
+EsInsertEvents(EsAppend *a, int64 base, uint64 *inserted)
 {
-	static SPIPlanPtr one_plan = NULL;
-	static SPIPlanPtr many_plan = NULL;
+	static SPIPlanPtr plans[2][2];	/* [several events][caller's ids] */
 	Oid			argtypes[6] = {TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID};
 	Datum		values[6];
+	bool		many = a->nevents > 1;
+	bool		ids = a->nids > 0;
+	const char *guard = ids ? " ON CONFLICT (event_id) DO NOTHING" : "";
 	int			i;
 
 	values[0] = PointerGetDatum(a->stream_id);
 	values[1] = Int64GetDatum(base + 1);
-	if (a->nevents == 1)
+	if (!many)
 	{
 		values[2] = a->events[0].id;
 		values[3] = PointerGetDatum(a->events[0].type);
 		values[4] = JsonbPGetDatum(a->events[0].data);
 		values[5] = JsonbPGetDatum(a->events[0].metadata);
-		EsSpiExec(EsPlan(&one_plan,
-						 "INSERT INTO eventstore.events"
-						 " (stream_id, stream_version, event_id, event_type, data, metadata)"
-						 " VALUES ($1, $2, $3, $4, $5, $6) RETURNING global_position",
-						 6, argtypes),
-				  values, NULL, false, SPI_OK_INSERT_RETURNING);
-		return EsReturnedPositions();
+		if (plans[0][ids] == NULL)
+			EsPlan(&plans[0][ids],
+				   psprintf("INSERT INTO eventstore.events"
+							" (stream_id, stream_version, event_id, event_type, data, metadata)"
+							" VALUES ($1, $2, $3, $4, $5, $6)%s RETURNING global_position",
+							guard),
+				   6, argtypes);
 	}
-
-	argtypes[2] = UUIDARRAYOID;
-	argtypes[3] = TEXTARRAYOID;
-	argtypes[4] = argtypes[5] = JSONBARRAYOID;
+	else
 	{
-		Datum	   *ids = palloc(sizeof(Datum) * a->nevents);
+		Datum	   *idv = palloc(sizeof(Datum) * a->nevents);
 		Datum	   *types = palloc(sizeof(Datum) * a->nevents);
 		Datum	   *datas = palloc(sizeof(Datum) * a->nevents);
 		Datum	   *metas = palloc(sizeof(Datum) * a->nevents);
 
+		argtypes[2] = UUIDARRAYOID;
+		argtypes[3] = TEXTARRAYOID;
+		argtypes[4] = argtypes[5] = JSONBARRAYOID;
 		for (i = 0; i < a->nevents; i++)
 		{
-			ids[i] = a->events[i].id;
+			idv[i] = a->events[i].id;
 			types[i] = PointerGetDatum(a->events[i].type);
 			datas[i] = JsonbPGetDatum(a->events[i].data);
 			metas[i] = JsonbPGetDatum(a->events[i].metadata);
 		}
-		values[2] = PointerGetDatum(construct_array(ids, a->nevents, UUIDOID,
+		values[2] = PointerGetDatum(construct_array(idv, a->nevents, UUIDOID,
 													UUID_LEN, false, TYPALIGN_CHAR));
 		values[3] = PointerGetDatum(construct_array(types, a->nevents, TEXTOID,
 													-1, false, TYPALIGN_INT));
@@ -442,45 +475,108 @@ EsInsertEvents(EsAppend *a, int64 base)
 													-1, false, TYPALIGN_INT));
 		values[5] = PointerGetDatum(construct_array(metas, a->nevents, JSONBOID,
 													-1, false, TYPALIGN_INT));
+		/* Positions follow the versions: one INSERT, rows in ordinality order */
+		if (plans[1][ids] == NULL)
+			EsPlan(&plans[1][ids],
+				   psprintf("INSERT INTO eventstore.events"
+							" (stream_id, stream_version, event_id, event_type, data, metadata)"
+							" SELECT $1, $2 OPERATOR(pg_catalog.+) u.o OPERATOR(pg_catalog.-) 1,"
+							" u.i, u.t, u.d, u.m"
+							" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4),"
+							" pg_catalog.unnest($5), pg_catalog.unnest($6))"
+							" WITH ORDINALITY AS u(i, t, d, m, o)"
+							" ORDER BY u.o%s RETURNING global_position",
+							guard),
+				   6, argtypes);
 	}
-	/* Positions follow the versions: one INSERT, rows in ordinality order */
-	EsSpiExec(EsPlan(&many_plan,
-					 "INSERT INTO eventstore.events"
-					 " (stream_id, stream_version, event_id, event_type, data, metadata)"
-					 " SELECT $1, $2 OPERATOR(pg_catalog.+) u.o OPERATOR(pg_catalog.-) 1,"
-					 " u.i, u.t, u.d, u.m"
-					 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4),"
-					 " pg_catalog.unnest($5), pg_catalog.unnest($6))"
-					 " WITH ORDINALITY AS u(i, t, d, m, o)"
-					 " ORDER BY u.o RETURNING global_position",
-					 6, argtypes),
-			  values, NULL, false, SPI_OK_INSERT_RETURNING);
+	EsSpiExec(plans[many][ids], values, NULL, false, SPI_OK_INSERT_RETURNING);
+	*inserted = SPI_processed;
+	if (SPI_processed != (uint64) a->nevents)
+		return NULL;
 	return EsReturnedPositions();
 }
 
-/* Append the parsed events; returns the stream's new version */
+/*
+ * Put the stream's head back to 'base' after EsAdvanceHead() moved it and
+ * the events could not be inserted (we hold the row's lock)
+ */
+static void
+EsResetHead(EsAppend *a, int64 base)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {TEXTOID, INT8OID};
+	Datum		values[2];
+
+	values[0] = PointerGetDatum(a->stream_id);
+	values[1] = Int64GetDatum(base);
+	EsSpiExec(EsPlan(&plan,
+					 "UPDATE eventstore.streams SET version = $2"
+					 " WHERE stream_id OPERATOR(pg_catalog.=) $1",
+					 2, argtypes),
+			  values, NULL, false, SPI_OK_UPDATE);
+}
+
+/*
+ * How often an append whose expected version became true while it looked
+ * (see EsAppendEvents) tries again before it reports a conflict
+ */
+#define ES_APPEND_TRIES 10
+
+/*
+ * Append the parsed events; returns the stream's new version.
+ *
+ * Under READ COMMITTED each statement below sees what committed before it
+ * started.  An UPDATE of the head can miss a head that a concurrent append
+ * created or moved to the expected version and committed after the UPDATE's
+ * snapshot but before we looked again; then the version check is true and
+ * we try again, with a new snapshot, instead of reporting a conflict that
+ * is not there.
+ */
 static int64
 EsAppendEvents(EsAppend *a)
 {
 	EsSavedUser saved;
-	int64		base;
-	int64		version;
+	int64		version = 0;
+	int			try;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EsBecomeOwner(&saved);
 
-	if ((a->nids > 0 && EsFindIds(a) > 0) || !EsAdvanceHead(a, &base))
-		version = EsResolveConflict(a);
-	else
+	for (try = 1;; try++)
 	{
+		int64		base;
 		Datum	   *positions;
+		uint64		inserted;
 
+		if (a->nids > 0 && EsFindIds(a) > 0)
+		{
+			version = EsResolveConflict(a);
+			break;
+		}
+		if (!EsAdvanceHead(a, &base))
+		{
+			if (try < ES_APPEND_TRIES && a->check &&
+				EsStreamVersion(a->stream_id, false) == a->expected)
+				continue;
+			version = EsResolveConflict(a);
+			break;
+		}
 		EsHoldHorizon(ES_SEQ_EVENTS);
-		positions = EsInsertEvents(a, base);
+		positions = EsInsertEvents(a, base, &inserted);
+		if (positions == NULL)
+		{
+			/* A concurrent append took one of our ids: see EsInsertEvents */
+			if (inserted > 0)
+				EsDuplicateIdError(a);
+			EsResetHead(a, base);
+			version = EsResolveConflict(a);
+			break;
+		}
 		EsRouteEvents(a->stream_id, EsCategoryOf(text_to_cstring(a->stream_id)),
 					  positions, a->nevents);
 		version = base + a->nevents;
+		break;
 	}
 
 	EsRestoreUser(&saved);

@@ -4,13 +4,13 @@
  *		switch to the extension's owner for writes, cached SPI plans and the
  *		stream head lookup.
  *
- * The SQL functions run as their caller (SECURITY INVOKER), so a reducer or a
- * read runs with the caller's privileges.  Writes to the extension's tables
- * are done as the owner of the eventstore schema instead: an application role
- * that may execute append() can append, but cannot INSERT into
- * eventstore.events directly and bypass the version check.  Every query text
- * here names its schema and qualifies its operators, so a caller's
- * search_path cannot redirect them.
+ * The SQL functions run as their caller (SECURITY INVOKER), so a read runs
+ * with the caller's privileges.  Writes to the extension's tables are done as
+ * the owner of the eventstore schema instead: an application role that may
+ * execute append() can append, but cannot INSERT into eventstore.events
+ * directly and bypass the version check.  While running as the owner,
+ * nothing resolves through the caller's search_path (see EsBecomeUser), and
+ * every query text names its schema and qualifies its operators anyway.
  */
 #include "postgres.h"
 
@@ -18,6 +18,7 @@
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/syscache.h"
 #include "catalog/pg_namespace.h"
 
@@ -30,9 +31,34 @@ EsSchemaOid(void)
 	return get_namespace_oid("eventstore", false);
 }
 
-/* Run what follows as the owner of the eventstore schema */
+/*
+ * Run what follows as 'userid', the way PostgreSQL runs maintenance commands
+ * and index expressions as a table's owner (CVE-2018-1058, CVE-2022-1552):
+ * with SECURITY_RESTRICTED_OPERATION, so that nothing run as that user can
+ * change the session (SET ROLE, temporary objects, ...), and with search_path
+ * pinned to pg_catalog, pg_temp at a new GUC nest level, so that no name or
+ * operator in what runs resolves through the caller's search_path.  Our own
+ * statements qualify every name and operator anyway.
+ *
+ * EsRestoreUser() undoes both.  On an error the (sub)transaction's abort
+ * restores the user and the settings, so callers need no PG_TRY.
+ */
 void
-EsBecomeOwner(EsSavedUser *saved)
+EsBecomeUser(Oid userid, EsSavedUser *saved)
+{
+	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
+	SetUserIdAndSecContext(userid,
+						   saved->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	saved->guc_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+/* The owner of the eventstore schema */
+Oid
+EsSchemaOwner(void)
 {
 	HeapTuple	tuple;
 	Oid			owner;
@@ -42,19 +68,21 @@ EsBecomeOwner(EsSavedUser *saved)
 		elog(ERROR, "cache lookup failed for the eventstore schema");
 	owner = ((Form_pg_namespace) GETSTRUCT(tuple))->nspowner;
 	ReleaseSysCache(tuple);
-
-	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
-	SetUserIdAndSecContext(owner,
-						   saved->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	return owner;
 }
 
-/*
- * Switch back to the user saved by EsBecomeOwner().  On an error the
- * transaction's abort restores the user, so callers need no PG_TRY.
- */
+/* Run what follows as the owner of the eventstore schema (see EsBecomeUser) */
+void
+EsBecomeOwner(EsSavedUser *saved)
+{
+	EsBecomeUser(EsSchemaOwner(), saved);
+}
+
+/* Switch back to the user and settings saved by EsBecomeUser() */
 void
 EsRestoreUser(const EsSavedUser *saved)
 {
+	AtEOXact_GUC(false, saved->guc_nestlevel);
 	SetUserIdAndSecContext(saved->userid, saved->sec_context);
 }
 
@@ -119,9 +147,13 @@ EsCheckStreamId(FunctionCallInfo fcinfo, int argno)
 	return stream_id;
 }
 
-/* The stream's current version, 0 when it has no events (SPI connected) */
+/*
+ * The stream's current version, 0 when it has no events (SPI connected).
+ * 'read_only': as the active snapshot sees it; else SPI takes a new snapshot
+ * (under READ COMMITTED, one that sees every transaction committed by now).
+ */
 int64
-EsStreamVersion(text *stream_id)
+EsStreamVersion(text *stream_id, bool read_only)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[1] = {TEXTOID};
@@ -134,7 +166,7 @@ EsStreamVersion(text *stream_id)
 		   " WHERE stream_id OPERATOR(pg_catalog.=) $1",
 		   1, argtypes);
 	values[0] = PointerGetDatum(stream_id);
-	EsSpiExec(plan, values, NULL, false, SPI_OK_SELECT);
+	EsSpiExec(plan, values, NULL, read_only, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return 0;
 	version = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,

@@ -44,7 +44,7 @@ eventstore_requeue_dead_letters(PG_FUNCTION_ARGS)
 					 "WITH dead AS (DELETE FROM eventstore.dead_letters"
 					 " WHERE $1 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($1) RETURNING *),"
 					 " later AS (DELETE FROM eventstore.outbox"
-					 " WHERE message_key IN (SELECT message_key FROM dead) RETURNING *),"
+					 " WHERE message_key OPERATOR(pg_catalog.=) ANY (SELECT message_key FROM dead) RETURNING *),"
 					 " requeued AS (INSERT INTO eventstore.outbox (topic, message_key, payload, headers,"
 					 " event_position, created_at)"
 					 " SELECT topic, message_key, payload, headers, event_position, created_at FROM ("

@@ -18,16 +18,19 @@
 #define ERRCODE_ES_WRONG_EXPECTED_VERSION	MAKE_SQLSTATE('S','E','0','0','1')
 #define ERRCODE_ES_DUPLICATE_EVENT_ID		MAKE_SQLSTATE('S','E','0','0','2')
 
-/* The user a write ran as before EsBecomeOwner() */
+/* The user and settings a call ran with before EsBecomeOwner() */
 typedef struct EsSavedUser
 {
 	Oid			userid;
 	int			sec_context;
+	int			guc_nestlevel;
 } EsSavedUser;
 
 /* common.c */
 extern Oid	EsSchemaOid(void);
+extern Oid	EsSchemaOwner(void);
 extern void EsBecomeOwner(EsSavedUser *saved);
+extern void EsBecomeUser(Oid userid, EsSavedUser *saved);
 extern void EsRestoreUser(const EsSavedUser *saved);
 extern SPIPlanPtr EsPlan(SPIPlanPtr *cache, const char *sql, int nargs,
 						 const Oid *argtypes);
@@ -36,7 +39,7 @@ extern SPIPlanPtr EsPlanWithOptions(SPIPlanPtr *cache, const char *sql, int narg
 extern void EsSpiExec(SPIPlanPtr plan, Datum *values, const char *nulls,
 					  bool read_only, int expected);
 extern text *EsCheckStreamId(FunctionCallInfo fcinfo, int argno);
-extern int64 EsStreamVersion(text *stream_id);
+extern int64 EsStreamVersion(text *stream_id, bool read_only);
 extern void EsCheckCategory(const char *category, bool wildcard);
 extern char *EsCategoryOf(const char *stream_id);
 extern bool EsJsonbEqual(Jsonb *a, Jsonb *b);

@@ -64,7 +64,8 @@ static int64
 EsLastValue(EsSequence seq)
 {
 	Oid			seqoid;
-	EsSavedUser saved;
+	Oid			saved_user;
+	int			saved_context;
 	LOCAL_FCINFO(fcinfo, 1);
 	Datum		result;
 
@@ -76,9 +77,16 @@ EsLastValue(EsSequence seq)
 	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = ObjectIdGetDatum(seqoid);
 	fcinfo->args[0].isnull = false;
-	EsBecomeOwner(&saved);
+	/*
+	 * As the schema's owner, who may read the sequence; no name is resolved
+	 * and no user code runs here, so the search_path needs no pinning.
+	 */
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(EsSchemaOwner(),
+						   saved_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 	result = pg_sequence_last_value(fcinfo);
-	EsRestoreUser(&saved);
+	SetUserIdAndSecContext(saved_user, saved_context);
 	return fcinfo->isnull ? 0 : DatumGetInt64(result);
 }
 

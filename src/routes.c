@@ -10,8 +10,18 @@
  * invalidation of the table for every INSERT, UPDATE, DELETE or TRUNCATE,
  * whoever runs it; PostgreSQL delivers it like any catalog change: to this
  * backend at its next command, to others when the change commits, and back
- * to this backend when the change rolls back.  So a transaction that starts
- * after a route change committed always sees it, as it would with a query.
+ * to this backend when the change rolls back.
+ *
+ * The cache is filled from the latest snapshot, not the statement's or the
+ * transaction's: a REPEATABLE READ transaction that took its snapshot before
+ * a route change committed would otherwise fill the cache with the old
+ * routes after the change's invalidation already arrived, and keep them
+ * until the routes changed again.  The latest snapshot sees every route
+ * change committed by now and this transaction's own; a change that
+ * commits later sends an invalidation that reaches this backend at its next
+ * lock acquisition, which makes the next append load the routes again.  So
+ * an append routes by the routes committed when it looked them up, whatever
+ * its isolation level, as a catalog lookup would.
  */
 #include "postgres.h"
 
@@ -21,6 +31,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "eventstore.h"
 
@@ -53,16 +64,18 @@ EsRoutesInvalidate(Datum arg, Oid relid)
 }
 
 /*
- * Read eventstore.routes into the cache (SPI connected).  The cache only
- * becomes valid if the load completed and no invalidation arrived while the
- * query ran; an error leaves it invalid, so the next call reads it anew.
+ * Read eventstore.routes into the cache (SPI connected) with the latest
+ * snapshot (see the file header).  The cache only becomes valid if the load
+ * completed and no invalidation arrived while the query ran; an error
+ * leaves it invalid, so the next call reads it anew.
  */
 static void
 EsRoutesLoad(void)
 {
 	static SPIPlanPtr plan = NULL;
-	uint64		seen = es_routes_invalidations;
+	uint64		seen;
 	uint64		i;
+	int			rc;
 
 	if (es_routes_cxt == NULL)
 	{
@@ -73,8 +86,15 @@ EsRoutesLoad(void)
 	es_routes_valid = false;
 	es_routes_relid = get_relname_relid("routes", EsSchemaOid());
 
-	EsSpiExec(EsPlan(&plan, "SELECT category, topic FROM eventstore.routes", 0, NULL),
-			  NULL, NULL, true, SPI_OK_SELECT);
+	/* Take in the invalidations sent so far before the snapshot is taken */
+	AcceptInvalidationMessages();
+	seen = es_routes_invalidations;
+	rc = SPI_execute_snapshot(EsPlan(&plan, "SELECT category, topic FROM eventstore.routes",
+									 0, NULL),
+							  NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							  true, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot returned %s", SPI_result_code_string(rc));
 	MemoryContextReset(es_routes_cxt);
 	es_routes = MemoryContextAlloc(es_routes_cxt, sizeof(EsRoute) * Max(SPI_processed, 1));
 	es_nroutes = (int) SPI_processed;
