@@ -56,11 +56,21 @@ SELECT category, topic FROM eventstore.routes;
 -- the CloudEvents headers of a routed event
 SELECT eventstore.append('parcel-9', 0, '{"id": "66666666-6666-4666-8666-666666666666", "type": "Placed",
 	"data": {"total": 5}, "metadata": {"correlation_id": "c-1", "causation_id": "k-1", "traceparent": "00-t-s-01", "other": true}}');
-SELECT h - 'ce_time' - 'ce_position' AS headers,
+SELECT h - 'ce_time' - 'ce_sequence' AS headers,
 	   h ->> 'ce_time' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$' AS rfc3339,
-	   (h ->> 'ce_position')::bigint = e.global_position AS position
+	   h ->> 'ce_sequence' = lpad(e.global_position::text, 19, '0') AS sequence
 FROM eventstore.events e, eventstore.cloudevent_headers(e, '/eventstore/test') h
 WHERE e.stream_id = 'parcel-9';
+-- ce_sequence is the global position in 19 digits: compared as strings, as
+-- the CloudEvents sequence extension does, it follows the positions across
+-- streams (a stream version restarts per stream and "10" < "9" as strings);
+-- the version is ce_streamversion
+SELECT p AS global_position, v AS stream_version,
+	   h ->> 'ce_sequence' AS ce_sequence, h ->> 'ce_streamversion' AS ce_streamversion
+FROM (VALUES (9::bigint, 10::bigint), (10, 9), (100, 1), (9223372036854775807, 2)) AS r(p, v),
+	 eventstore.cloudevent_headers(ROW(p, 'x-1', v, '11111111-1111-4111-8111-111111111111',
+		't', '{}', '{}', now(), 'x'), 'src') h
+ORDER BY h ->> 'ce_sequence' COLLATE "C";
 -- ce_time is recorded_at in UTC (this session's time zone is not UTC)
 SELECT current_setting('TimeZone') <> 'UTC' AS not_utc,
 	   h ->> 'ce_time' = to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ce_time
@@ -69,12 +79,16 @@ WHERE e.stream_id = 'parcel-9';
 -- metadata values as ->> gives them: numbers and objects as JSON text, null left out
 SELECT eventstore.append_event('parcel-10', 0, 'Placed', 'null',
 	'{"correlation_id": 42, "causation_id": null, "traceparent": {"v": [1, "x"]}}');
-SELECT h - 'ce_time' - 'ce_position' - 'ce_id' AS headers
+SELECT h - 'ce_time' - 'ce_sequence' - 'ce_id' AS headers
 FROM eventstore.events e, eventstore.cloudevent_headers(e, NULL) h
 WHERE e.stream_id = 'parcel-10';
 -- bad input
 SELECT eventstore.cloudevent_headers(NULL, 'src') IS NULL AS null_event;
 SELECT try($$SELECT eventstore.cloudevent_headers(ROW(1, 's-1', 1, NULL, 't', '1', '{}', now(), 's')::eventstore.events, 'src')$$);
+-- metadata that is not an object (this crashed the server), an empty type
+SELECT try($$SELECT eventstore.cloudevent_headers(ROW(1,'x-1',1,gen_random_uuid(),'t','{}','["zzzzzzzz","xxxxxxxxxxxxco","rrelation_id"]',now(),'x')::eventstore.events, NULL)$$);
+SELECT try($$SELECT eventstore.cloudevent_headers(ROW(1, 's-1', 1, gen_random_uuid(), '', '1', '{}', now(), 's')::eventstore.events, 'src')$$);
+SELECT try($$SELECT eventstore.cloudevent_headers(ROW(1, 's-1', 1, gen_random_uuid(), 't', '1', '{}', now(), 's')::eventstore.events, 'my source')$$);
 
 -- dead letters and replay: bad input
 SELECT try($$SELECT eventstore.discard_dead_letters(NULL)$$);

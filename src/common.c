@@ -144,7 +144,20 @@ EsCheckStreamId(FunctionCallInfo fcinfo, int argno)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("stream_id must not be empty")));
+	EsCheckKeyLength("stream_id", VARSIZE_ANY_EXHDR(stream_id));
 	return stream_id;
+}
+
+/* Raise 54000 when a key ('what': stream_id, category, key) exceeds ES_MAX_KEY_BYTES */
+void
+EsCheckKeyLength(const char *what, size_t len)
+{
+	if (len > ES_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too long (%zu bytes)", what, len),
+				 errdetail("A stream id, category or message key has at most %d bytes.",
+						   ES_MAX_KEY_BYTES)));
 }
 
 /*
@@ -181,6 +194,7 @@ EsStreamVersion(text *stream_id, bool read_only)
 void
 EsCheckCategory(const char *category, bool wildcard)
 {
+	EsCheckKeyLength("category", strlen(category));
 	if (category[0] == '\0' || strchr(category, '-') != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -32,6 +32,19 @@ static const struct config_enum_entry es_on_dead_letter_options[] = {
 	{NULL, 0, false}
 };
 
+/*
+ * Check hook of eventstore.cloudevents_source: empty (the default source) or
+ * the characters of a URI-reference, since ce_source must be one
+ */
+static bool
+EsCheckCloudEventsSource(char **newval, void **extra, GucSource source)
+{
+	if (EsCloudEventsSourceIsValid(*newval))
+		return true;
+	GUC_check_errdetail("A CloudEvents source is a URI-reference: percent-encode spaces, control characters and non-ASCII characters (%%20).");
+	return false;
+}
+
 /* Define the eventstore.* settings */
 static void
 EsDefineSettings(void)
@@ -46,9 +59,9 @@ EsDefineSettings(void)
 							   &es_kafka_config, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstore.cloudevents_source",
-							   "CloudEvents source (ce_source) of relayed events; empty means /eventstore/<database>.",
+							   "CloudEvents source (ce_source) of relayed events, a URI-reference; empty means /eventstore/<database>, percent-encoded.",
 							   NULL, &es_cloudevents_source, "",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+							   PGC_SIGHUP, 0, EsCheckCloudEventsSource, NULL, NULL);
 	DefineCustomStringVariable("eventstore.dead_letter_topic",
 							   "Topic dead letters are forwarded to (%s stands for the original topic); empty keeps them in eventstore.dead_letters.",
 							   NULL, &es_dead_letter_topic, "",

@@ -38,7 +38,18 @@ extern SPIPlanPtr EsPlanWithOptions(SPIPlanPtr *cache, const char *sql, int narg
 									const Oid *argtypes, int cursor_options);
 extern void EsSpiExec(SPIPlanPtr plan, Datum *values, const char *nulls,
 					  bool read_only, int expected);
+/*
+ * Longest stream id, category and message key, in bytes.  Each is a btree
+ * key (streams, events, aggregates, routes, outbox and dead_letters
+ * indexes), and a btree entry holds at most about 2700 bytes; the limit
+ * keeps a key well below that whatever follows it in the index, so that an
+ * accepted key can never fail later, in the relay, when its outbox row is
+ * marked for a retry or moved to the dead letters.
+ */
+#define ES_MAX_KEY_BYTES 1024
+
 extern text *EsCheckStreamId(FunctionCallInfo fcinfo, int argno);
+extern void EsCheckKeyLength(const char *what, size_t len);
 extern int64 EsStreamVersion(text *stream_id, bool read_only);
 extern void EsCheckCategory(const char *category, bool wildcard);
 extern char *EsCategoryOf(const char *stream_id);
@@ -98,10 +109,16 @@ typedef struct EsEventRow
 	Jsonb	   *metadata;
 } EsEventRow;
 
-/* cloudevents.c */
+/*
+ * cloudevents.c.  Headers of an event: ce_specversion, ce_id, ce_type,
+ * ce_source, ce_subject, ce_time, content-type, ce_sequence,
+ * ce_streamversion, three copied from metadata, eventstore-metadata.
+ */
 #define ES_CE_MAX_HEADERS 13
 extern int	EsCloudEventHeaders(const EsEventRow *ev, const char *source,
 								EsHeader *out);
+extern char *EsCloudEventsSource(void);
+extern bool EsCloudEventsSourceIsValid(const char *source);
 
 /* routes.c */
 extern const char *EsRouteTopic(const char *category);

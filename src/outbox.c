@@ -154,6 +154,8 @@ eventstore_publish(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("topic must not be null")));
 	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	if (!PG_ARGISNULL(1))
+		EsCheckKeyLength("key", VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(1)));
 	if (!PG_ARGISNULL(3))
 		EsCheckHeaders(PG_GETARG_JSONB_P(3));
 
@@ -209,6 +211,8 @@ eventstore_replay(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("topic must not be null")));
 	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	if (!PG_ARGISNULL(1))
+		EsCheckCategory(text_to_cstring(PG_GETARG_TEXT_PP(1)), false);
 	from_position = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
 	if (from_position < 0)
 		ereport(ERROR,

@@ -75,15 +75,6 @@ EsRelayExit(int code, Datum arg)
 	EsSetRelayLatch(NULL);
 }
 
-/* ce_source: the setting, or /eventstore/<database> (in a transaction) */
-static char *
-EsCloudEventsSource(void)
-{
-	if (es_cloudevents_source[0] != '\0')
-		return pstrdup(es_cloudevents_source);
-	return psprintf("/eventstore/%s", get_database_name(MyDatabaseId));
-}
-
 /* Copy a text column of the current SPI row, NULL as NULL */
 static char *
 EsCopyText(HeapTuple tup, TupleDesc desc, int col)

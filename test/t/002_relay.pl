@@ -63,8 +63,9 @@ for my $m (@$msgs)
 		&& $h->{ce_type} eq $e->[4]
 		&& $h->{ce_source} eq '/eventstore/postgres'
 		&& $h->{ce_subject} eq $e->[1]
-		&& $h->{ce_sequence} eq $e->[2]
-		&& $h->{ce_position} eq $e->[3]
+		&& $h->{ce_streamversion} eq $e->[2]
+		&& $h->{ce_sequence} eq sprintf('%019d', $e->[3])
+		&& !exists $h->{ce_position}
 		&& $h->{ce_time} eq $e->[7]
 		&& $h->{'content-type'} eq 'application/json'
 		&& $h->{ce_correlationid} eq "corr-" . decode_json($e->[5])->{s}
@@ -84,7 +85,7 @@ is(scalar(grep { keys %{ $partitions{$_} } != 1 } keys %partitions), 0,
 is(scalar(keys %{ { map { $_->{partition} => 1 } @$msgs } }), 4,
 	'keys spread over the partitions');
 
-my $order = first_seen_order($msgs, sub { $_[0]{headers}{ce_sequence} });
+my $order = first_seen_order($msgs, sub { $_[0]{headers}{ce_streamversion} });
 is(scalar(grep { join(',', @{ $order->{$_} }) ne join(',', 1 .. $per_stream) } keys %$order),
 	0, 'per key, versions arrive in order 1..N');
 is(scalar keys %$order, $streams, 'every stream arrived');

@@ -48,7 +48,7 @@ sub check_accounts
 	my $msgs = consume($mock->{bootstrap}, 'accounts');
 	my %expected = map { split /\|/ } split /\n/, $node->safe_psql('postgres',
 		q{SELECT stream_id, version FROM eventstore.streams WHERE stream_id LIKE 'acct-%'});
-	my $order = first_seen_order($msgs, sub { $_[0]{headers}{ce_sequence} });
+	my $order = first_seen_order($msgs, sub { $_[0]{headers}{ce_streamversion} });
 	my @wrong = grep {
 		join(',', @{ $order->{$_} // [] }) ne join(',', 1 .. $expected{$_})
 	} keys %expected;

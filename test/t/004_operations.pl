@@ -120,10 +120,10 @@ is(sql(q{SELECT eventstore.replay('rebuild-window', NULL, 10, 20)}), '10', 'repl
 wait_drained($node) or die 'not drained after replay';
 my $rebuilt = consume($mock->{bootstrap}, 'rebuild');
 is(scalar @$rebuilt, 30, 'every replayed event arrived');
-my $order = first_seen_order($rebuilt, sub { $_[0]{headers}{ce_position} });
+my $order = first_seen_order($rebuilt, sub { $_[0]{headers}{ce_sequence} + 0 });
 is(scalar(grep { my @p = @{ $order->{$_} }; join(',', @p) ne join(',', sort { $a <=> $b } @p) } keys %$order),
 	0, 'replayed events arrive in global order per key');
-is(join(',', sort { $a <=> $b } map { $_->{headers}{ce_position} } @{ consume($mock->{bootstrap}, 'rebuild-window') }),
+is(join(',', sort { $a <=> $b } map { $_->{headers}{ce_sequence} + 0 } @{ consume($mock->{bootstrap}, 'rebuild-window') }),
 	join(',', 11 .. 20), 'the window is (from, to]');
 
 $node->stop;
