@@ -76,3 +76,20 @@ LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'reducer failed on %', event.event_
 SELECT eventstore.append('crash-1', 0, '{"type": "Boom", "data": {}}');
 SELECT eventstore.register_aggregate('crash', 'failing_reducer(jsonb, eventstore.events)');
 SELECT * FROM eventstore.load_aggregate('crash-1');
+
+-- One snapshot per answer: the version, the snapshot and the folded events
+-- agree, also when the stream moved earlier in the same statement, and the
+-- snapshot stored is the fold of exactly the reported version
+CREATE FUNCTION counting_reducer(state jsonb, event eventstore.events) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT to_jsonb(coalesce(state::int, 0) + 1) $$;
+SELECT eventstore.register_aggregate('acct', 'counting_reducer(jsonb, eventstore.events)', 1);
+SELECT eventstore.append_event('acct-1', 0, 'x', '{}');
+SELECT l.version, l.state FROM (SELECT eventstore.append_event('acct-1', NULL, 'x', '{}') v OFFSET 0) a,
+	LATERAL eventstore.load_aggregate('acct-1', a.v) l;
+SELECT version, state, snapshot_version FROM eventstore.load_aggregate('acct-1');
+SELECT stream_version, state FROM eventstore.snapshots WHERE stream_id = 'acct-1' ORDER BY 1;
+-- without as_of_version too
+SELECT l.version, l.state FROM (SELECT eventstore.append_event('acct-1', NULL, 'x', '{}') v OFFSET 0) a,
+	LATERAL eventstore.load_aggregate('acct-1') l;
+SELECT bool_and(state::int = stream_version) AS snapshots_match_versions
+FROM eventstore.snapshots WHERE stream_id = 'acct-1';
