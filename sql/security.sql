@@ -133,7 +133,7 @@ SELECT eventstore.append_event('sec-2', NULL, 'F', '{}', '{"correlation_id": "c"
 SELECT eventstore.register_aggregate('sec', 'hostile.reducer(jsonb, eventstore.events)', 1);
 SELECT version, state FROM eventstore.load_aggregate('sec-1');
 SELECT eventstore.save_snapshot('sec-1', 2, '{"n": 2}');
-SELECT eventstore.publish('sec-topic', 'sec-k', '{"x": 1}', '{"h": "v"}');
+SELECT eventstore.publish('sec-topic', 'sec-k', '{"x": 1}', '{"h": "v"}') > 0 AS published;
 SELECT eventstore.replay('sec-replay', 'sec') > 0 AS replayed;
 SELECT eventstore.replay('sec-replay', NULL, 0, 3) > 0 AS replayed;
 SELECT eventstore.requeue_dead_letters() AS requeued;
