@@ -57,7 +57,7 @@ SELECT eventstore.save_snapshot('priv-1', 2, '{}');
 SELECT eventstore.publish('priv-topic', 'k', '{}');
 RESET ROLE;
 
--- the reducer runs as the caller: a reader without EXECUTE on it cannot fold
+-- a reader without EXECUTE on the reducer cannot fold (the reducer itself runs as its owner)
 CREATE FUNCTION priv_reducer(state jsonb, event eventstore.events) RETURNS jsonb
 LANGUAGE sql AS $$ SELECT jsonb_build_object('last', event.event_type) $$;
 REVOKE ALL ON FUNCTION priv_reducer(jsonb, eventstore.events) FROM PUBLIC;

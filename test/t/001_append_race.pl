@@ -33,19 +33,24 @@ $node->safe_psql('postgres', q{
 	$$;
 });
 
-$node->pgbench(
-	"--no-vacuum --client=$clients --jobs=2 --transactions=$transactions",
-	0,
-	[qr{processed: @{[ $clients * $transactions ]}/@{[ $clients * $transactions ]}}],
-	[qr{^$}],
-	'read-then-append race',
-	{
-		'race' => q{
+# Run a pgbench script with every client; each transaction must complete
+sub race
+{
+	my ($name, $script) = @_;
+	$node->pgbench(
+		"--no-vacuum --client=$clients --jobs=2 --transactions=$transactions",
+		0,
+		[qr{processed: @{[ $clients * $transactions ]}/@{[ $clients * $transactions ]}}],
+		[qr{^$}],
+		$name, { $name => $script });
+	return;
+}
+
+race('read-then-append race', q{
 \set n random(1, 4)
 SELECT eventstore.stream_version('hot-' || :n) AS v \gset
 SELECT race_append(:n, :v);
-}
-	});
+});
 
 my $result = $node->safe_psql('postgres', q{
 	SELECT count(*) FROM (
@@ -111,21 +116,13 @@ $node->safe_psql('postgres', q{
 	END
 	$$;
 });
-$node->pgbench(
-	"--no-vacuum --client=$clients --jobs=2 --transactions=$transactions",
-	0,
-	[qr{processed: @{[ $clients * $transactions ]}/@{[ $clients * $transactions ]}}],
-	[qr{^$}],
-	'create-and-extend race with reused ids',
-	{
-		'create' => q{
+race('create-and-extend race with reused ids', q{
 SELECT nextval('generation') / 24 AS g \gset
 \set n random(1, 3)
 \set e random(0, 4)
 \set idx random(0, 3)
 SELECT race_create(:g, :n, :e, :idx);
-}
-	});
+});
 
 $result = $node->safe_psql('postgres', q{
 	SELECT string_agg(DISTINCT sqlstate || ': ' || message, E'\n') FROM answers
