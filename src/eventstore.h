@@ -64,6 +64,7 @@ extern int	es_retry_backoff_initial;
 extern int	es_retry_backoff_max;
 extern int	es_delivery_timeout;
 extern int	es_on_dead_letter;
+extern int	es_relay_idle_interval;
 
 /* eventstore.on_dead_letter */
 #define ES_DEAD_LETTER_CONTINUE 0

@@ -44,8 +44,6 @@
 #include "eventstore.h"
 #include "relay.h"
 
-/* How long an idle relay sleeps before it looks at the outbox anyway */
-#define ES_IDLE_CHECK_MS 5000
 /* How long to wait for CREATE EXTENSION in eventstore.database */
 #define ES_NO_EXTENSION_MS 10000
 /* Seconds before the postmaster restarts a relay that ended with an error */
@@ -234,7 +232,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 	}
 
 	/* Not a full batch: sleep until the next retry is due, or the idle timer */
-	*wait_ms = ES_IDLE_CHECK_MS;
+	*wait_ms = es_relay_idle_interval;
 	*backing_off = false;
 	if (n < es_relay_batch_size)
 	{
@@ -542,7 +540,7 @@ eventstore_relay_main(Datum arg)
 
 	for (;;)
 	{
-		long		wait_ms = ES_IDLE_CHECK_MS;
+		long		wait_ms = es_relay_idle_interval;
 		long		stats_ms;
 
 		CHECK_FOR_INTERRUPTS();
