@@ -78,7 +78,7 @@ EsDefineSettings(void)
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("eventstore.relay_idle_interval",
 							"How long an idle relay sleeps before it looks at the outbox anyway.",
-							"A safety net: committing transactions wake the relay.",
+							"A safety net: transactions that enqueued messages wake the relay as they end.",
 							&es_relay_idle_interval, 5000, 10, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("eventstore.delivery_timeout",
@@ -110,5 +110,7 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
 		return;
 	EsShmemInit();
+	EsInstallUtilityHook();
+	RegisterResourceReleaseCallback(EsOutboxResourceRelease, NULL);
 	EsRegisterRelay();
 }

@@ -34,7 +34,7 @@ ok($node->poll_query_until('postgres',
 sleep 4;
 my %count;
 $count{ $_->{payload} }++ for @{ consume($mock->{bootstrap}, 'rec') };
-is_deeply(\%count, { map { qq({"n": $_}) => 1 } 1 .. 3 },
+is_deeply(\%count, +{ map { (qq({"n": $_}), 1) } 1 .. 3 },
 	'while recording fails, each message was sent exactly once');
 my $failures = () = slurp_file($node->logfile) =~ /outbox delete refused by the test/g;
 cmp_ok($failures, '>=', 2, 'the recording was retried');
@@ -46,7 +46,7 @@ ok($node->poll_query_until('postgres', q{SELECT state = 'idle' FROM eventstore.r
 	'state back to idle');
 %count = ();
 $count{ $_->{payload} }++ for @{ consume($mock->{bootstrap}, 'rec') };
-is_deeply(\%count, { map { qq({"n": $_}) => 1 } 1 .. 3 }, 'and still each message once');
+is_deeply(\%count, +{ map { (qq({"n": $_}), 1) } 1 .. 3 }, 'and still each message once');
 
 # 2. Read-only by default and tiny timeouts for the database and the role
 $node->safe_psql('postgres', q{
