@@ -21,10 +21,11 @@ $node->poll_query_until('postgres',
 sub session
 {
 	my $s = { in => '', out => '', err => '' };
+	# A timer for each command (run_in restarts it), not for the session
+	$s->{timer} = IPC::Run::timer($PostgreSQL::Test::Utils::timeout_default);
 	$s->{h} = IPC::Run::start(
 		[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres') ],
-		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err},
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err}, $s->{timer});
 	return $s;
 }
 
@@ -34,7 +35,10 @@ sub run_in
 	my ($s, $sql) = @_;
 	$s->{out} = '';
 	$s->{in} .= "$sql\nSELECT 'done';\n";
-	$s->{h}->pump until $s->{out} =~ /^done$/m;
+	$s->{timer}->start;
+	$s->{h}->pump until $s->{out} =~ /^done$/m || $s->{timer}->is_expired;
+	die "psql session: no answer to $sql: $s->{err}" if $s->{timer}->is_expired;
+	$s->{timer}->reset;
 	return;
 }
 
