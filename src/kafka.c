@@ -127,8 +127,10 @@ EsScrub(const char *text, const char *also, char *buf, size_t size)
 }
 
 /*
- * Remember a configured value for scrubbing; numbers and booleans are no
- * secrets and would mangle every message that has them
+ * Remember a configured value for scrubbing.  Numbers, booleans and values
+ * of fewer than 4 characters ("ssl", "all") are no secrets, and scrubbing
+ * them would mangle every message that has them ("ssl.keystore.location");
+ * they are still scrubbed from their own configuration error.
  */
 static void
 EsRememberSecret(const char *value)
@@ -136,7 +138,7 @@ EsRememberSecret(const char *value)
 	MemoryContext old;
 	const char *c;
 
-	if (value[0] == '\0' || pg_strcasecmp(value, "true") == 0 ||
+	if (strlen(value) < 4 || pg_strcasecmp(value, "true") == 0 ||
 		pg_strcasecmp(value, "false") == 0)
 		return;
 	for (c = value; *c >= '0' && *c <= '9'; c++)

@@ -69,8 +69,10 @@ my $conffile = $node->data_dir . '/kafka.properties';
 my @cases = (
 	[ 'inline', 'security.protocol=SECRETVALUE123', 'SECRETVALUE123', 'security.protocol' ],
 	[ '@file', "\@$conffile", 'SECRETVALUE456', 'security.protocol' ],
-	[ 'path', 'security.protocol=ssl;ssl.ca.location=/nonexistent/SECRETPATH789/ca.pem',
-		'SECRETPATH789', 'producer' ]);
+	# librdkafka's rd_kafka_new error quotes this path
+	[ 'path', 'security.protocol=ssl;ssl.keystore.location=/nonexistent/SECRETPATH789/relay.p12;'
+		  . 'ssl.keystore.password=SECRETPASS321',
+		'SECRETPATH789', 'could not create the Kafka producer' ]);
 append_to_file($conffile, "security.protocol = SECRETVALUE456\n");
 for my $case (@cases)
 {
