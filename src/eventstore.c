@@ -25,6 +25,7 @@ int			es_retry_backoff_initial = 1000;
 int			es_retry_backoff_max = 32000;
 int			es_delivery_timeout = 30000;
 int			es_on_dead_letter = ES_DEAD_LETTER_CONTINUE;
+int			es_relay_idle_interval = 5000;
 
 static const struct config_enum_entry es_on_dead_letter_options[] = {
 	{"continue", ES_DEAD_LETTER_CONTINUE, false},
@@ -88,6 +89,11 @@ EsDefineSettings(void)
 							"Longest wait between two attempts of a message.",
 							NULL, &es_retry_backoff_max, 32000, 1, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.relay_idle_interval",
+							"How long an idle relay sleeps before it looks at the outbox anyway.",
+							"A safety net: transactions that enqueued messages wake the relay as they end.",
+							&es_relay_idle_interval, 5000, 10, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("eventstore.delivery_timeout",
 							"How long one delivery attempt of a batch may wait for the broker.",
 							NULL, &es_delivery_timeout, 30000, 100, 3600 * 1000,
@@ -117,5 +123,7 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
 		return;
 	EsShmemInit();
+	EsInstallUtilityHook();
+	RegisterResourceReleaseCallback(EsOutboxResourceRelease, NULL);
 	EsRegisterRelay();
 }

@@ -12,6 +12,7 @@
 #include "storage/latch.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 /* SQLSTATEs of our own (class SE: event store) */
@@ -78,6 +79,7 @@ extern int	es_retry_backoff_initial;
 extern int	es_retry_backoff_max;
 extern int	es_delivery_timeout;
 extern int	es_on_dead_letter;
+extern int	es_relay_idle_interval;
 
 /* eventstore.on_dead_letter */
 #define ES_DEAD_LETTER_CONTINUE 0
@@ -89,6 +91,11 @@ extern void EsRouteEvents(text *stream_id, const char *category,
 						  Datum *positions, int npositions);
 extern void EsWakeRelayAtCommit(void);
 extern void EsOutboxXactCallback(XactEvent event, void *arg);
+extern void EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
+									bool isTopLevel, void *arg);
+extern void EsInstallUtilityHook(void);
+extern bool EsDatabaseIsServed(void);
+extern void EsWarnIfNotServed(void);
 
 /* One Kafka header */
 typedef struct EsHeader
@@ -132,7 +139,9 @@ typedef enum EsRelayState
 	ES_RELAY_IDLE,
 	ES_RELAY_SENDING,
 	ES_RELAY_BACKING_OFF,
-	ES_RELAY_BROKER_DOWN
+	ES_RELAY_BROKER_DOWN,
+	ES_RELAY_ERROR,				/* a round failed with a database error */
+	ES_RELAY_NOT_SERVED			/* shown in a database the relay does not serve */
 } EsRelayState;
 
 /* Delivery latencies kept for relay_status()'s percentiles */

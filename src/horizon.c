@@ -117,6 +117,13 @@ EsHoldHorizon(EsSequence seq)
 	(void) LockAcquire(&tag, ShareLock, false, false);
 	CurrentResourceOwner = saved_owner;
 	horizon_lxid[seq] = EsMyLocalXid();
+
+	/*
+	 * Whether this transaction commits or aborts, the relay may have skipped
+	 * committed rows above our bound: wake it once our lock is gone.
+	 */
+	if (seq == ES_SEQ_OUTBOX)
+		EsWakeRelayAtCommit();
 }
 
 /*

@@ -19,10 +19,21 @@
  * own deadline): when eventstore.delivery_timeout passes, everything still
  * queued is purged at once, so no message of a partition can be sent after
  * an earlier one of the same partition failed that way.
+ *
+ * Secrets: values of eventstore.kafka_config may be passwords or private
+ * paths, and librdkafka quotes values in its messages.  Every text of
+ * librdkafka (configuration errors, rd_kafka_new's error, error and log
+ * callbacks) has the configured values replaced by "***" before it is
+ * logged.
+ *
+ * Shutdown: at process exit the producer is flushed for at most
+ * min(eventstore.delivery_timeout, 5 s), then what is left is purged and
+ * the producer destroyed; those messages stay in the outbox.
  */
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/fd.h"
@@ -49,6 +60,19 @@ static bool es_failed_keys = false;
 /* Set by the error callback when the producer can no longer be used */
 static bool es_fatal = false;
 
+/*
+ * Whether the brokers cannot be reached: set when librdkafka reports all
+ * brokers down or a batch failed only for that reason, cleared only by a
+ * successful delivery
+ */
+static bool es_brokers_down = false;
+
+/* The values of eventstore.kafka_config, scrubbed from librdkafka's texts */
+static List *es_secrets = NIL;
+
+/* The longest a shutdown waits for the broker */
+#define ES_SHUTDOWN_FLUSH_MS 5000
+
 /* The last broker-level error, so that each is logged once */
 static rd_kafka_resp_err_t es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 
@@ -61,22 +85,90 @@ EsDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage, void *opaq
 	msg->err = rkmessage->err;
 	msg->done = true;
 	es_pending--;
+	if (rkmessage->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		es_brokers_down = false;
+}
+
+/*
+ * Copy 'text' into 'buf' (of 'size' bytes) with every configured value, and
+ * 'also' if not NULL, replaced by "***"
+ */
+static const char *
+EsScrub(const char *text, const char *also, char *buf, size_t size)
+{
+	size_t		used = 0;
+	const char *p = text;
+
+	while (*p != '\0' && used + 1 < size)
+	{
+		size_t		match = 0;
+		ListCell   *lc;
+
+		if (also != NULL && also[0] != '\0' && strncmp(p, also, strlen(also)) == 0)
+			match = strlen(also);
+		foreach(lc, es_secrets)
+		{
+			const char *secret = lfirst(lc);
+
+			if (match == 0 && strncmp(p, secret, strlen(secret)) == 0)
+				match = strlen(secret);
+		}
+		if (match > 0)
+		{
+			used += strlcpy(buf + used, "***", size - used);
+			used = Min(used, size - 1);
+			p += match;
+		}
+		else
+			buf[used++] = *p++;
+	}
+	buf[used] = '\0';
+	return buf;
+}
+
+/*
+ * Remember a configured value for scrubbing.  Numbers, booleans and values
+ * of fewer than 4 characters ("ssl", "all") are no secrets, and scrubbing
+ * them would mangle every message that has them ("ssl.keystore.location");
+ * they are still scrubbed from their own configuration error.
+ */
+static void
+EsRememberSecret(const char *value)
+{
+	MemoryContext old;
+	const char *c;
+
+	if (strlen(value) < 4 || pg_strcasecmp(value, "true") == 0 ||
+		pg_strcasecmp(value, "false") == 0)
+		return;
+	for (c = value; *c >= '0' && *c <= '9'; c++)
+		;
+	if (*c == '\0')
+		return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	es_secrets = lappend(es_secrets, pstrdup(value));
+	MemoryContextSwitchTo(old);
 }
 
 /* Broker-level errors: log each once; a fatal one retires the producer */
 static void
 EsErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
+	char		buf[1024];
+
 	if (err == RD_KAFKA_RESP_ERR__FATAL)
 		es_fatal = true;
 	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
-		EsRelaySetState(ES_RELAY_BROKER_DOWN);
+	{
+		es_brokers_down = true;
+		EsRelayShowState(ES_RELAY_BROKER_DOWN);
+	}
 	if (err == es_last_global_err)
 		return;
 	es_last_global_err = err;
 	ereport(LOG,
 			(errmsg("eventstore relay: Kafka error %s: %s",
-					rd_kafka_err2name(err), reason)));
+					rd_kafka_err2name(err), EsScrub(reason, NULL, buf, sizeof(buf)))));
 }
 
 /*
@@ -88,21 +180,28 @@ EsErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 static void
 EsLogCallback(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
+	char		scrubbed[1024];
+
 	ereport(level <= 4 && strcmp(fac, "FAIL") != 0 ? LOG : DEBUG1,
-			(errmsg("eventstore relay: librdkafka %s: %s", fac, buf)));
+			(errmsg("eventstore relay: librdkafka %s: %s", fac,
+					EsScrub(buf, NULL, scrubbed, sizeof(scrubbed)))));
 }
 
-/* Set one producer property; the value is never logged (it may be a secret) */
+/*
+ * Set one producer property; the value is never logged (it may be a secret):
+ * librdkafka's error text is logged with it scrubbed out
+ */
 static bool
 EsConfSet(rd_kafka_conf_t *conf, const char *name, const char *value)
 {
 	char		errstr[512];
+	char		scrubbed[1024];
 
 	if (rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)
 		return true;
 	ereport(LOG,
 			(errmsg("eventstore relay: invalid Kafka property \"%s\"", name),
-			 errdetail("librdkafka: %s", errstr)));
+			 errdetail("librdkafka: %s", EsScrub(errstr, value, scrubbed, sizeof(scrubbed)))));
 	return false;
 }
 
@@ -133,6 +232,7 @@ EsConfApplyPair(rd_kafka_conf_t *conf, char *pair)
 	for (end = value + strlen(value); end > value &&
 		 (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n'); end--)
 		end[-1] = '\0';
+	EsRememberSecret(value);
 	return EsConfSet(conf, name, value);
 }
 
@@ -211,10 +311,13 @@ EsKafkaStart(void)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errstr[512];
+	char		scrubbed[1024];
 	char		timeout[32];
 	bool		ok;
 
 	Assert(es_producer == NULL);
+	list_free_deep(es_secrets);
+	es_secrets = NIL;
 	/* Our queued messages never time out before we purge them */
 	snprintf(timeout, sizeof(timeout), "%d", es_delivery_timeout + 60000);
 	ok = EsConfSet(conf, "bootstrap.servers", es_kafka_brokers) &&
@@ -239,7 +342,8 @@ EsKafkaStart(void)
 	if (es_producer == NULL)
 	{
 		ereport(LOG,
-				(errmsg("eventstore relay: could not create the Kafka producer: %s", errstr)));
+				(errmsg("eventstore relay: could not create the Kafka producer: %s",
+						EsScrub(errstr, NULL, scrubbed, sizeof(scrubbed)))));
 		return false;
 	}
 	rd_kafka_set_log_queue(es_producer, NULL);
@@ -248,6 +352,7 @@ EsKafkaStart(void)
 	es_started_config = MemoryContextStrdup(TopMemoryContext, es_kafka_config);
 	es_started_timeout = es_delivery_timeout;
 	es_fatal = false;
+	es_brokers_down = false;
 	es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 	EsRelaySetState(ES_RELAY_CONNECTING);
 	ereport(LOG,
@@ -255,18 +360,71 @@ EsKafkaStart(void)
 	return true;
 }
 
-/* Destroy the producer; messages still queued in it are dropped */
+/*
+ * Destroy the producer; messages still queued in it are dropped.  Their
+ * delivery reports are served first (bounded), so that none is left to
+ * write into a batch after it is freed.
+ */
 void
 EsKafkaStop(void)
 {
+	int			i;
+
 	if (es_producer == NULL)
 		return;
 	rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	for (i = 0; i < 100 && es_pending > 0; i++)
+		rd_kafka_poll(es_producer, 10);
 	rd_kafka_destroy(es_producer);
 	es_producer = NULL;
 	es_pending = 0;
 	pfree(es_started_brokers);
 	pfree(es_started_config);
+}
+
+/*
+ * Process exit (before_shmem_exit): give the broker a bounded time to
+ * acknowledge what is in flight, then purge and destroy the producer.  What
+ * was not acknowledged stays in the outbox and is sent again after a
+ * restart; acknowledged messages of an unrecorded batch too (at-least-once).
+ */
+void
+EsKafkaAtExit(int code, Datum arg)
+{
+	int			left;
+
+	if (es_producer == NULL)
+		return;
+	(void) rd_kafka_flush(es_producer, Min(es_delivery_timeout, ES_SHUTDOWN_FLUSH_MS));
+	left = es_pending;
+	if (left > 0)
+		ereport(LOG,
+				(errmsg_plural("eventstore relay: %d Kafka message was left unacknowledged at shutdown",
+							   "eventstore relay: %d Kafka messages were left unacknowledged at shutdown",
+							   left, left),
+				 errdetail("They stay in eventstore.outbox and are sent when the relay runs again.")));
+	EsKafkaStop();
+}
+
+/* Whether the brokers are known to be unreachable (see es_brokers_down) */
+bool
+EsKafkaBrokersDown(void)
+{
+	return es_brokers_down;
+}
+
+/* A batch failed only because the brokers could not be reached */
+void
+EsKafkaSetBrokersDown(void)
+{
+	es_brokers_down = true;
+}
+
+/* Whether messages were produced and not yet reported */
+bool
+EsKafkaHasPending(void)
+{
+	return es_pending > 0;
 }
 
 /* Whether a delivery error will never go away by retrying */

@@ -1,18 +1,31 @@
 /*
  * outbox.c
  *		The transactional outbox: eventstore.publish(), replay(), the rows
- *		append() enqueues for routed categories (see routes.c), and the commit
- *		callback that wakes the relay.
+ *		append() enqueues for routed categories (see routes.c), and the
+ *		callbacks that wake the relay.
  *
  * Outbox rows are written in the caller's transaction, so a message exists
  * exactly when the transaction that produced it commits.  Outbox ids are
  * guarded by a horizon like event positions (see horizon.c): the relay only
  * takes rows below it, so it never sends a row while a smaller id of the
  * same key may still commit.
+ *
+ * Waking the relay: a transaction that took the outbox horizon wakes it as
+ * it ends, committed or aborted, once its locks are released (a resource
+ * release callback, RESOURCE_RELEASE_AFTER_LOCKS): woken earlier, the relay
+ * could still see the horizon lock and skip the very rows that woke it.  An
+ * abort matters too: committed rows of others above its bound were held back
+ * by it.  A prepared transaction keeps its locks until COMMIT PREPARED or
+ * ROLLBACK PREPARED, which wake the relay the same way (a ProcessUtility
+ * hook).
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -22,8 +35,10 @@
 /* Kafka's limit on topic name length */
 #define ES_MAX_TOPIC_LEN 249
 
-/* Set when this transaction enqueued a message: wake the relay at commit */
-static bool es_wake_at_commit = false;
+/* Set when this transaction took the outbox horizon: wake the relay at its end */
+static bool es_wake_at_end = false;
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Raise an error unless 'topic' is a legal Kafka topic name */
 void
@@ -73,35 +88,114 @@ EsCheckHeaders(Jsonb *headers)
 	}
 }
 
-/* Ask for the relay to be woken when this transaction commits */
+/*
+ * Ask for the relay to be woken when this transaction ends (after its locks
+ * are released), whether it commits or aborts
+ */
 void
 EsWakeRelayAtCommit(void)
 {
-	es_wake_at_commit = true;
+	es_wake_at_end = true;
 }
 
 /*
- * Transaction callback: wake the relay once a transaction that enqueued
- * messages has committed.  Nothing here may raise an error, as the commit is
- * already done.
+ * Transaction callback: a prepared transaction keeps its locks, so there is
+ * nothing to wake the relay for until COMMIT/ROLLBACK PREPARED.
  */
 void
 EsOutboxXactCallback(XactEvent event, void *arg)
 {
-	switch (event)
+	if (event == XACT_EVENT_PREPARE)
+		es_wake_at_end = false;
+}
+
+/*
+ * Resource release callback: wake the relay once the top-level transaction
+ * that asked for it has released its locks, so that the relay no longer sees
+ * its horizon lock.  Nothing here may raise an error; SetLatch() does not.
+ */
+void
+EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
+						bool isTopLevel, void *arg)
+{
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel || !es_wake_at_end)
+		return;
+	es_wake_at_end = false;
+	EsWakeRelay();
+}
+
+/*
+ * ProcessUtility hook: COMMIT PREPARED and ROLLBACK PREPARED release the
+ * prepared transaction's locks, so the relay is woken when the transaction
+ * running them ends.  Any prepared transaction wakes it (one spare round
+ * when it enqueued nothing): which one held the horizon is not known here.
+ */
+static void
+EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				 ProcessUtilityContext context, ParamListInfo params,
+				 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (IsA(parsetree, TransactionStmt) &&
+		(((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED ||
+		 ((TransactionStmt *) parsetree)->kind == TRANS_STMT_ROLLBACK_PREPARED))
+		EsWakeRelayAtCommit();
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+							queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+}
+
+/* Install the ProcessUtility hook, chaining the previous one */
+void
+EsInstallUtilityHook(void)
+{
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = EsProcessUtility;
+}
+
+/*
+ * Whether the relay serves this database: true without a preloaded library
+ * (eventstore.database is then not defined and there is no relay to ask)
+ */
+bool
+EsDatabaseIsServed(void)
+{
+	static int	served = -1;	/* -1: not looked up yet */
+
+	if (es_database == NULL)
+		return true;
+	if (served < 0)
 	{
-		case XACT_EVENT_COMMIT:
-			if (es_wake_at_commit)
-				EsWakeRelay();
-			es_wake_at_commit = false;
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-			es_wake_at_commit = false;
-			break;
-		default:
-			break;
+		char	   *here = get_database_name(MyDatabaseId);
+
+		served = here == NULL || strcmp(here, es_database) == 0;
 	}
+	return served;
+}
+
+/*
+ * Warn, once per session, that messages enqueued here are not relayed: the
+ * relay serves another database (eventstore.database)
+ */
+void
+EsWarnIfNotServed(void)
+{
+	static bool warned = false;
+
+	if (warned || EsDatabaseIsServed())
+		return;
+	warned = true;
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("database \"%s\" is not served by the eventstore relay",
+					get_database_name(MyDatabaseId)),
+			 errdetail("The relay serves database \"%s\"; messages enqueued here stay in eventstore.outbox.",
+					   es_database),
+			 errhint("Set eventstore.database to this database (a server restart) to relay its outbox.")));
 }
 
 /*
@@ -158,6 +252,7 @@ eventstore_publish(PG_FUNCTION_ARGS)
 		EsCheckKeyLength("key", VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(1)));
 	if (!PG_ARGISNULL(3))
 		EsCheckHeaders(PG_GETARG_JSONB_P(3));
+	EsWarnIfNotServed();
 
 	values[0] = PG_GETARG_DATUM(0);
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
@@ -229,6 +324,7 @@ eventstore_replay(PG_FUNCTION_ARGS)
 				 errmsg("replay without to_position requires the READ COMMITTED isolation level"),
 				 errhint("Pass to_position, or call replay outside a REPEATABLE READ or SERIALIZABLE transaction.")));
 
+	EsWarnIfNotServed();
 	values[0] = PG_GETARG_DATUM(0);
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
 	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';

@@ -14,10 +14,26 @@
  * other, while other keys go on.  Dead letters leave the outbox and do not
  * hold their key back.
  *
- * The worker sleeps on its latch: backends that enqueued messages set it as
- * they commit (outbox.c), and a timer covers retries and anything missed.
- * An ERROR ends the worker; the postmaster starts it again after
+ * The worker sleeps on its latch: a transaction that took the outbox
+ * horizon sets it once it ended and released its locks (outbox.c).  When a
+ * round finds committed rows at or above the horizon (held back by an open
+ * transaction) it looks again after ES_HELD_BACK_RECHECK_MS; a timer
+ * (eventstore.relay_idle_interval) covers retries and anything missed.
+ *
+ * Errors: the worker runs with session settings of its own (a read-only
+ * default or tiny timeouts of the database or role must not stop it).  An
+ * ERROR in a round does not end the worker: it recovers as PostgreSQL's own
+ * long-lived processes do (sigsetjmp, EmitErrorReport,
+ * AbortCurrentTransaction, FlushErrorState), shows state "error" with the
+ * message, and tries again after a backoff.  If the broker had already
+ * answered for the batch, only its recording is tried again, from the
+ * outcomes kept in memory: the batch is never sent twice for that.  FATAL
+ * (SIGTERM) still ends it; the postmaster starts it again after
  * bgw_restart_time, and all progress is in the tables.
+ *
+ * Encoding: messages go out in UTF-8; in a database of another encoding
+ * (but SQL_ASCII, whose bytes pass unchanged) keys, values and headers are
+ * converted as they are read.
  */
 #include "postgres.h"
 
@@ -26,13 +42,16 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
+#include "utils/timeout.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -44,8 +63,8 @@
 #include "eventstore.h"
 #include "relay.h"
 
-/* How long an idle relay sleeps before it looks at the outbox anyway */
-#define ES_IDLE_CHECK_MS 5000
+/* How soon to look again when committed rows wait behind an open transaction */
+#define ES_HELD_BACK_RECHECK_MS 50
 /* How long to wait for CREATE EXTENSION in eventstore.database */
 #define ES_NO_EXTENSION_MS 10000
 /* Seconds before the postmaster restarts a relay that ended with an error */
@@ -68,11 +87,72 @@ EsRegisterRelay(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/* What a sent batch did, to be recorded in the outbox */
+typedef struct EsOutcome
+{
+	Datum	   *sent;			/* acknowledged ids */
+	double	   *latencies;		/* their enqueue-to-acknowledgement times, ms */
+	int			nsent;
+	Datum	   *retry_ids;
+	Datum	   *retry_delays;
+	Datum	   *retry_errors;
+	int			nretry;
+	Datum	   *dead_ids[2];	/* [0]: to the table, [1]: to the topic */
+	Datum	   *dead_errors[2];
+	int			ndead[2];
+	char	   *last_error;		/* NULL: none */
+	bool		all_down;		/* every failure was "brokers unreachable" */
+} EsOutcome;
+
+/*
+ * A sent batch whose recording failed (in the batch memory context): the
+ * next rounds record it before they read anything, so it is never sent again
+ */
+static EsOutcome *es_unrecorded = NULL;
+
+/* Consecutive failed rounds, and when the next try is due (0: now) */
+static int	es_failed_rounds = 0;
+static TimestampTz es_retry_at = 0;
+
+/* What the current round does, for last_error */
+static const char *es_round_step = "reading the outbox";
+
 /* Withdraw our latch from shared memory as the worker exits */
 static void
 EsRelayExit(int code, Datum arg)
 {
 	EsSetRelayLatch(NULL);
+}
+
+/*
+ * The relay's state as relay_status() shows it: "error" while rounds fail,
+ * and "broker_down" instead of sending, backing off or idle while the
+ * brokers cannot be reached (until a delivery succeeds)
+ */
+void
+EsRelayShowState(EsRelayState state)
+{
+	if (es_failed_rounds > 0)
+		state = ES_RELAY_ERROR;
+	else if (EsKafkaBrokersDown() &&
+			 (state == ES_RELAY_SENDING || state == ES_RELAY_BACKING_OFF ||
+			  state == ES_RELAY_IDLE))
+		state = ES_RELAY_BROKER_DOWN;
+	EsRelaySetState(state);
+}
+
+/*
+ * A string of the database's encoding in UTF-8 (in a transaction: the
+ * conversion is looked up in the catalog).  SQL_ASCII bytes pass unchanged.
+ */
+static char *
+EsToUtf8(char *s)
+{
+	int			enc = GetDatabaseEncoding();
+
+	if (s == NULL || enc == PG_UTF8 || enc == PG_SQL_ASCII)
+		return s;
+	return pg_server_to_any(s, strlen(s), PG_UTF8);
 }
 
 /* Copy a text column of the current SPI row, NULL as NULL */
@@ -126,6 +206,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 {
 	static SPIPlanPtr fetch_plan = NULL;
 	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr held_plan = NULL;
 	Oid			argtypes[3] = {INT8OID, INT4OID, BOOLOID};
 	Datum		values[3];
 	MemoryContext batch_cxt = CurrentMemoryContext;
@@ -221,11 +302,23 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 			m->headers = palloc(sizeof(EsHeader) * ES_CE_MAX_HEADERS);
 			m->nheaders = EsCloudEventHeaders(&ev, source, m->headers);
 		}
+		if (GetDatabaseEncoding() != PG_UTF8)
+		{
+			int			h;
+
+			m->key = EsToUtf8(m->key);
+			m->value = EsToUtf8(m->value);
+			for (h = 0; h < m->nheaders; h++)
+			{
+				m->headers[h].name = EsToUtf8((char *) m->headers[h].name);
+				m->headers[h].value = EsToUtf8(m->headers[h].value);
+			}
+		}
 		MemoryContextSwitchTo(old);
 	}
 
 	/* Not a full batch: sleep until the next retry is due, or the idle timer */
-	*wait_ms = ES_IDLE_CHECK_MS;
+	*wait_ms = es_relay_idle_interval;
 	*backing_off = false;
 	if (n < es_relay_batch_size)
 	{
@@ -244,6 +337,19 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 		if (!isnull)
 			*wait_ms = Max(1, Min(*wait_ms, DatumGetInt64(due)));
 		*backing_off = !isnull;
+
+		/*
+		 * Committed rows at or above the horizon wait for an open transaction
+		 * that took a smaller id.  Its end wakes us; should that wake-up be
+		 * missed, look again soon rather than after the idle interval.
+		 */
+		EsSpiExec(EsPlan(&held_plan,
+						 "SELECT EXISTS (SELECT FROM eventstore.outbox"
+						 " WHERE id OPERATOR(pg_catalog.>=) $1)",
+						 1, argtypes),
+				  values, NULL, true, SPI_OK_SELECT);
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+			*wait_ms = Min(*wait_ms, ES_HELD_BACK_RECHECK_MS);
 	}
 
 	PopActiveSnapshot();
@@ -384,32 +490,30 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
 			  values, NULL, false, SPI_OK_INSERT);
 }
 
-/* Record the outcome of a sent batch in the outbox, in one transaction */
-static void
-EsRelayApply(EsMessage *msgs, int n)
+/*
+ * What became of a sent batch (allocated in the current memory context):
+ * logs the failures, once per error and batch
+ */
+static EsOutcome *
+EsRelayClassify(EsMessage *msgs, int n)
 {
-	Datum	   *sent = palloc(sizeof(Datum) * n);
-	Datum	   *retry_ids = palloc(sizeof(Datum) * n);
-	Datum	   *retry_delays = palloc(sizeof(Datum) * n);
-	Datum	   *retry_errors = palloc(sizeof(Datum) * n);
-	Datum	   *dead_ids[2];
-	Datum	   *dead_errors[2];
-	int			nsent = 0,
-				nretry = 0,
-				ndead[2] = {0, 0};
+	EsOutcome  *o = palloc0(sizeof(EsOutcome));
 	rd_kafka_resp_err_t logged = RD_KAFKA_RESP_ERR_NO_ERROR;
 	bool		forward_ok = es_dead_letter_topic[0] != '\0' &&
 		es_on_dead_letter != ES_DEAD_LETTER_PARK;
-	double	   *latencies = palloc(sizeof(double) * n);
 	TimestampTz now = GetCurrentTimestamp();
-	char	   *last_error = NULL;
-	bool		all_down = true;
 	int			i;
 
-	dead_ids[0] = palloc(sizeof(Datum) * n);
-	dead_ids[1] = palloc(sizeof(Datum) * n);
-	dead_errors[0] = palloc(sizeof(Datum) * n);
-	dead_errors[1] = palloc(sizeof(Datum) * n);
+	o->sent = palloc(sizeof(Datum) * n);
+	o->latencies = palloc(sizeof(double) * n);
+	o->retry_ids = palloc(sizeof(Datum) * n);
+	o->retry_delays = palloc(sizeof(Datum) * n);
+	o->retry_errors = palloc(sizeof(Datum) * n);
+	o->dead_ids[0] = palloc(sizeof(Datum) * n);
+	o->dead_ids[1] = palloc(sizeof(Datum) * n);
+	o->dead_errors[0] = palloc(sizeof(Datum) * n);
+	o->dead_errors[1] = palloc(sizeof(Datum) * n);
+	o->all_down = true;
 
 	for (i = 0; i < n; i++)
 	{
@@ -421,14 +525,14 @@ EsRelayApply(EsMessage *msgs, int n)
 			continue;
 		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
-			latencies[nsent] = (double) (now - m->enqueued_at) / 1000.0;
-			sent[nsent++] = Int64GetDatum(m->id);
-			all_down = false;
+			o->latencies[o->nsent] = (double) (now - m->enqueued_at) / 1000.0;
+			o->sent[o->nsent++] = Int64GetDatum(m->id);
+			o->all_down = false;
 			continue;
 		}
-		last_error = EsErrorText(m->err);
-		all_down = all_down && EsKafkaIsBrokerDown(m->err);
-		error = CStringGetTextDatum(last_error);
+		o->last_error = EsErrorText(m->err);
+		o->all_down = o->all_down && EsKafkaIsBrokerDown(m->err);
+		error = CStringGetTextDatum(o->last_error);
 		if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
 		{
 			/* Log a batch's retriable failures once per error */
@@ -438,9 +542,9 @@ EsRelayApply(EsMessage *msgs, int n)
 								m->id, m->topic, EsErrorText(m->err)),
 						 errdetail("Attempt %d of %d.", m->attempts + 1, es_max_attempts)));
 			logged = m->err;
-			retry_ids[nretry] = Int64GetDatum(m->id);
-			retry_delays[nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
-			retry_errors[nretry++] = error;
+			o->retry_ids[o->nretry] = Int64GetDatum(m->id);
+			o->retry_delays[o->nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
+			o->retry_errors[o->nretry++] = error;
 			continue;
 		}
 		/* A failed forward to the dead-letter topic stays in the table */
@@ -452,32 +556,47 @@ EsRelayApply(EsMessage *msgs, int n)
 						   EsKafkaIsPermanent(m->err) ? "Permanent error" : "Retriable error",
 						   m->attempts + 1,
 						   where ? "forwarded to the dead-letter topic" : "kept in eventstore.dead_letters")));
-		dead_ids[where][ndead[where]] = Int64GetDatum(m->id);
-		dead_errors[where][ndead[where]++] = error;
+		o->dead_ids[where][o->ndead[where]] = Int64GetDatum(m->id);
+		o->dead_errors[where][o->ndead[where]++] = error;
 	}
+	return o;
+}
 
+/*
+ * Record the outcome of a sent batch in the outbox, in one transaction; an
+ * error leaves it to be recorded again (es_unrecorded)
+ */
+static void
+EsRelayRecord(EsOutcome *o)
+{
+	es_round_step = "recording deliveries";
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "eventstore relay: recording deliveries");
-	EsRelayDelete(sent, nsent);
-	EsRelayRetry(retry_ids, retry_delays, retry_errors, nretry);
-	EsRelayDeadLetter(dead_ids[0], dead_errors[0], ndead[0], false);
-	EsRelayDeadLetter(dead_ids[1], dead_errors[1], ndead[1], true);
+	EsRelayDelete(o->sent, o->nsent);
+	EsRelayRetry(o->retry_ids, o->retry_delays, o->retry_errors, o->nretry);
+	EsRelayDeadLetter(o->dead_ids[0], o->dead_errors[0], o->ndead[0], false);
+	EsRelayDeadLetter(o->dead_ids[1], o->dead_errors[1], o->ndead[1], true);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
 
-	EsRelayAccount(nsent, nretry, ndead[0] + ndead[1], last_error, latencies, nsent);
-	if (nsent + nretry + ndead[0] + ndead[1] > 0)
-		EsRelaySetState(all_down ? ES_RELAY_BROKER_DOWN : ES_RELAY_IDLE);
+	es_unrecorded = NULL;
+	es_failed_rounds = 0;
+	EsRelayAccount(o->nsent, o->nretry, o->ndead[0] + o->ndead[1], o->last_error,
+				   o->latencies, o->nsent);
+	if (o->nsent + o->nretry + o->ndead[0] + o->ndead[1] > 0 && o->all_down)
+		EsKafkaSetBrokersDown();
+	EsRelayShowState(ES_RELAY_IDLE);
 }
 
 /*
- * One round: fetch, send, record.  Returns how many messages it handled;
- * sets *wait_ms to how long to sleep when that was less than a full batch.
+ * One round: fetch, send, record (or only record a batch whose recording
+ * failed).  Returns how many messages it handled; sets *wait_ms to how long
+ * to sleep when that was less than a full batch.
  */
 static int
 EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
@@ -487,54 +606,174 @@ EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
 	bool		backing_off = false;
 	MemoryContext old;
 
+	if (es_unrecorded != NULL)
+	{
+		old = MemoryContextSwitchTo(batch_cxt);
+		EsRelayRecord(es_unrecorded);
+		MemoryContextSwitchTo(old);
+		*wait_ms = 0;			/* then read the outbox at once */
+		return 0;
+	}
+
 	MemoryContextReset(batch_cxt);
 	old = MemoryContextSwitchTo(batch_cxt);
+	es_round_step = "reading the outbox";
 	n = EsRelayFetch(&msgs, wait_ms, &backing_off);
 	MemoryContextSwitchTo(batch_cxt);
 	if (n > 0)
 	{
-		EsRelaySetState(ES_RELAY_SENDING);
+		es_round_step = "sending";
+		EsRelayShowState(ES_RELAY_SENDING);
 		pgstat_report_activity(STATE_RUNNING, psprintf("eventstore relay: sending %d messages", n));
 		EsKafkaSend(msgs, n);
-		EsRelayApply(msgs, n);
+		/* From here on the batch is recorded, not sent again */
+		es_unrecorded = EsRelayClassify(msgs, n);
+		EsRelayRecord(es_unrecorded);
 		MemoryContextSwitchTo(batch_cxt);
 	}
 	else
 	{
-		EsRelayStats st;
-
-		/* Nothing to send: keep broker_down until a delivery succeeds */
-		if (EsRelayStatsCopy(&st) && st.state != ES_RELAY_BROKER_DOWN)
-			EsRelaySetState(backing_off ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
+		es_failed_rounds = 0;
+		EsRelayShowState(backing_off ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
 	}
 	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting for messages");
 	MemoryContextSwitchTo(old);
 	return n;
 }
 
+/*
+ * Session settings of the worker's own, over those of the database and the
+ * role: it must be able to write, never time out, read committed rows, and
+ * resolve no name through a search_path it does not control
+ */
+static void
+EsRelaySessionSettings(void)
+{
+	static const char *const settings[][2] = {
+		{"default_transaction_read_only", "off"},
+		{"default_transaction_isolation", "read committed"},
+		{"default_transaction_deferrable", "off"},
+		{"statement_timeout", "0"},
+		{"lock_timeout", "0"},
+		{"idle_in_transaction_session_timeout", "0"},
+		{"session_replication_role", "origin"},
+		{"search_path", "pg_catalog, pg_temp"},
+	};
+	int			i;
+
+	for (i = 0; i < (int) lengthof(settings); i++)
+		SetConfigOption(settings[i][0], settings[i][1], PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
+ * Recover from an ERROR in a round, as PostgreSQL's long-lived processes do
+ * (autovacuum launcher, checkpointer): report it, abort the transaction,
+ * release what the error left behind, and schedule the next try with the
+ * retry backoff.  A sent batch whose recording failed stays in memory
+ * (es_unrecorded); a batch that was not yet fully answered is dropped from
+ * the producer and read again from the outbox.
+ */
+static void
+EsRelayRecover(MemoryContext error_cxt)
+{
+	ErrorData  *edata;
+	char		error[256];
+
+	/* Since not using PG_TRY, reset the error stack by hand */
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+
+	MemoryContextSwitchTo(error_cxt);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	AbortCurrentTransaction();
+	LWLockReleaseAll();
+	pgstat_report_wait_end();
+	MemoryContextSwitchTo(TopMemoryContext);
+	FlushErrorState();
+
+	if (es_unrecorded == NULL && EsKafkaHasPending())
+		EsKafkaStop();
+	es_failed_rounds++;
+	es_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											  (int) EsBackoffMs(es_failed_rounds - 1));
+	snprintf(error, sizeof(error), "%s: %s", es_round_step, edata->message);
+	EsRelayAccount(0, 0, 0, error, NULL, 0);
+	EsRelayShowState(ES_RELAY_ERROR);
+	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting to retry after an error");
+	MemoryContextReset(error_cxt);
+	RESUME_INTERRUPTS();
+}
+
+/*
+ * Sleep until the latch is set or wait_ms (-1: no limit) passed.  Table
+ * statistics are reported meanwhile, as PostgresMain does between queries:
+ * the outbox's autovacuum depends on the relay's deletes being counted.
+ * What could not be reported yet goes out after a shorter wait, which does
+ * not end the sleep: the outbox is read only when woken or at the end.
+ */
+static void
+EsRelaySleep(long wait_ms)
+{
+	TimestampTz deadline = wait_ms >= 0 ?
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms) : 0;
+
+	for (;;)
+	{
+		long		sleep_ms = wait_ms;
+		long		stats_ms = pgstat_report_stat(false);
+		int			rc;
+
+		if (wait_ms >= 0)
+			sleep_ms = Max(0, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline));
+		if (stats_ms > 0 && (sleep_ms < 0 || stats_ms < sleep_ms))
+			sleep_ms = stats_ms;
+		rc = WaitLatch(MyLatch,
+					   WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (sleep_ms >= 0 ? WL_TIMEOUT : 0),
+					   sleep_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if ((rc & WL_LATCH_SET) ||
+			(wait_ms >= 0 && GetCurrentTimestamp() >= deadline))
+			return;
+	}
+}
+
 /* The relay worker's entry point */
 void
 eventstore_relay_main(Datum arg)
 {
+	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext batch_cxt;
+	MemoryContext error_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(es_database, NULL, 0);
+	EsRelaySessionSettings();
 
 	EsSetRelayLatch(MyLatch);
 	before_shmem_exit(EsRelayExit, (Datum) 0);
+	/* Runs first (callbacks run in reverse order): flush the producer */
+	before_shmem_exit(EsKafkaAtExit, (Datum) 0);
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	error_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay error",
 									  ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG,
 			(errmsg("eventstore relay started for database \"%s\"", es_database)));
 	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting for messages");
 
+	/* An ERROR in a round comes back here: see EsRelayRecover */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+		EsRelayRecover(error_cxt);
+	PG_exception_stack = &local_sigjmp_buf;
+
 	for (;;)
 	{
-		long		wait_ms = ES_IDLE_CHECK_MS;
-		long		stats_ms;
+		long		wait_ms = es_relay_idle_interval;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -542,22 +781,36 @@ eventstore_relay_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged() || EsKafkaFailed())
+		if (es_unrecorded == NULL &&
+			(es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged() || EsKafkaFailed()))
 			EsKafkaStop();
 
-		if (es_kafka_brokers[0] == '\0')
+		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)
 		{
+			/* After an error: wait for the backoff, whatever wakes us */
+			wait_ms = Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), es_retry_at));
+		}
+		else if (es_unrecorded != NULL)
+		{
+			es_retry_at = 0;
+			(void) EsRelayRound(batch_cxt, &wait_ms);
+		}
+		else if (es_kafka_brokers[0] == '\0')
+		{
+			es_retry_at = 0;
 			EsRelaySetState(ES_RELAY_DISABLED);
 			wait_ms = -1;		/* off: sleep until a reload */
 		}
 		else if (!EsKafkaRunning() && !EsKafkaStart())
 		{
+			es_retry_at = 0;
 			EsRelaySetState(ES_RELAY_CONNECTING);
 			EsRelayAccount(0, 0, 0, "invalid Kafka settings: see the server log", NULL, 0);
 			wait_ms = es_retry_backoff_max;
 		}
 		else
 		{
+			es_retry_at = 0;
 			EsKafkaServe();
 			if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
 			{
@@ -566,18 +819,7 @@ eventstore_relay_main(Datum arg)
 			}
 		}
 
-		/*
-		 * Report table statistics, as PostgresMain does between queries: the
-		 * outbox's autovacuum depends on the relay's deletes being counted.
-		 * What could not be reported yet goes out after a short wait.
-		 */
-		stats_ms = pgstat_report_stat(false);
-		if (stats_ms > 0 && (wait_ms < 0 || stats_ms < wait_ms))
-			wait_ms = stats_ms;
-
-		(void) WaitLatch(MyLatch,
-						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (wait_ms >= 0 ? WL_TIMEOUT : 0),
-						 wait_ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		if (wait_ms != 0)
+			EsRelaySleep(wait_ms);
 	}
 }

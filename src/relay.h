@@ -41,5 +41,12 @@ extern void EsKafkaSend(EsMessage *msgs, int nmsgs);
 extern void EsKafkaServe(void);
 extern bool EsKafkaIsBrokerDown(rd_kafka_resp_err_t err);
 extern bool EsKafkaIsPermanent(rd_kafka_resp_err_t err);
+extern void EsKafkaAtExit(int code, Datum arg);
+extern bool EsKafkaBrokersDown(void);
+extern void EsKafkaSetBrokersDown(void);
+extern bool EsKafkaHasPending(void);
+
+/* relay.c */
+extern void EsRelayShowState(EsRelayState state);
 
 #endif							/* EVENTSTORE_RELAY_H */

@@ -189,6 +189,7 @@ eventstore_add_route(PG_FUNCTION_ARGS)
 				 errmsg("topic must not be null")));
 	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	values[1] = PG_GETARG_DATUM(1);
+	EsWarnIfNotServed();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -22,6 +22,8 @@ static const char *const es_state_names[] = {
 	[ES_RELAY_SENDING] = "sending",
 	[ES_RELAY_BACKING_OFF] = "backing_off",
 	[ES_RELAY_BROKER_DOWN] = "broker_down",
+	[ES_RELAY_ERROR] = "error",
+	[ES_RELAY_NOT_SERVED] = "not_served",
 };
 
 /* qsort comparator for latencies */
@@ -65,6 +67,12 @@ eventstore_relay_status(PG_FUNCTION_ARGS)
 	/* Without shared_preload_libraries there is no relay at all */
 	if (!have_shmem)
 		st->state = ES_RELAY_DISABLED;
+	else if (!EsDatabaseIsServed())
+	{
+		/* The relay's figures are another database's: show none of them */
+		memset(st, 0, sizeof(EsRelayStats));
+		st->state = ES_RELAY_NOT_SERVED;
+	}
 	values[0] = Int32GetDatum(st->pid);
 	nulls[0] = st->pid == 0;
 	values[1] = CStringGetTextDatum(es_state_names[st->state]);
