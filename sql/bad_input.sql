@@ -93,3 +93,8 @@ SELECT count(*) = :events_before AS no_events, (SELECT count(*) FROM eventstore.
 	   (SELECT count(*) FROM eventstore.aggregates WHERE category = 'bad') AS no_aggregate,
 	   (SELECT count(*) FROM eventstore.snapshots WHERE stream_id = 'bad-1') AS no_snapshot
 FROM eventstore.events;
+
+-- an expected version whose next versions would overflow
+SELECT eventstore.append_event('overflow-1', 9223372036854775807, 'A', '{}');
+SELECT eventstore.append('overflow-1', 9223372036854775806, '[{"type": "A", "data": 1}, {"type": "B", "data": 2}]');
+SELECT eventstore.append_event('overflow-1', 9223372036854775806, 'A', '{}');

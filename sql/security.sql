@@ -186,8 +186,45 @@ DROP FUNCTION hostile.greedy(jsonb, eventstore.events);
 DO $$ BEGIN PERFORM eventstore.load_aggregate('greedy-1');
 EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'dropped reducer: %', SQLSTATE; END $$;
 
+-- only a reducer's owner may register it (it will run as that owner for
+-- every loader), and not from a temporary schema
+CREATE FUNCTION public.admin_reducer(state jsonb, event eventstore.events) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+GRANT EXECUTE ON FUNCTION public.admin_reducer(jsonb, eventstore.events) TO regress_es_reducer_owner;
+GRANT EXECUTE ON FUNCTION eventstore.register_aggregate(text, regprocedure, integer, integer)
+	TO regress_es_reducer_owner;
+SET ROLE regress_es_reducer_owner;
+SELECT eventstore.register_aggregate('greedy', 'public.admin_reducer(jsonb, eventstore.events)');
+RESET ROLE;
+DROP FUNCTION public.admin_reducer(jsonb, eventstore.events);
+CREATE FUNCTION pg_temp.temp_reducer(state jsonb, event eventstore.events) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+DO $$ BEGIN PERFORM eventstore.register_aggregate('greedy', 'pg_temp.temp_reducer(jsonb, eventstore.events)');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'temporary reducer: %', SQLSTATE; END $$;
+
+-- a reducer cannot close load_aggregate's cursor (that crashed the server)
+CREATE FUNCTION hostile.closer(state jsonb, event eventstore.events) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+	c refcursor;
+BEGIN
+	FOR i IN 1..100 LOOP
+		c := '<unnamed portal ' || i || '>';
+		BEGIN
+			CLOSE c;
+		EXCEPTION WHEN invalid_cursor_name THEN
+		END;
+	END LOOP;
+	RETURN '{}';
+END $$;
+SELECT eventstore.register_aggregate('closer', 'hostile.closer(jsonb, eventstore.events)');
+SELECT eventstore.append('closer-1', 0, '[{"type": "A", "data": 1}, {"type": "B", "data": 2}]');
+DO $$ BEGIN PERFORM eventstore.load_aggregate('closer-1');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'closing the cursor: %', SQLSTATE; END $$;
+SELECT 1 AS still_connected;
+
 -- clean up
-DELETE FROM eventstore.aggregates WHERE category IN ('sec', 'greedy');
+DELETE FROM eventstore.aggregates WHERE category IN ('sec', 'greedy', 'closer');
 DELETE FROM eventstore.outbox;
 SET client_min_messages = warning;
 DROP SCHEMA hostile CASCADE;

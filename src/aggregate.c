@@ -34,6 +34,7 @@
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -215,6 +216,8 @@ EsFold(text *stream_id, const EsAggregateDef *def, const EsSnapshot *snap,
 	values[1] = Int64GetDatum(snap->version);
 	values[2] = Int64GetDatum(target);
 	portal = SPI_cursor_open(NULL, plan, values, NULL, true);
+	/* The reducer may run SQL: it must not be able to close our cursor */
+	PinPortal(portal);
 
 	EsBecomeUser(owner, &saved);
 	for (;;)
@@ -256,6 +259,7 @@ EsFold(text *stream_id, const EsAggregateDef *def, const EsSnapshot *snap,
 		SPI_freetuptable(batch);
 	}
 	EsRestoreUser(&saved);
+	UnpinPortal(portal);
 	SPI_cursor_close(portal);
 
 	/* Move the final state out of the contexts we are about to delete */
@@ -432,6 +436,11 @@ EsCheckReducer(Oid reducer)
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("reducer %s has the wrong signature", format_procedure(reducer)),
 				 errdetail("A reducer is declared (state jsonb, event eventstore.events) RETURNS jsonb.")));
+	if (isAnyTempNamespace(proc->pronamespace))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("reducer %s must not be in a temporary schema", format_procedure(reducer)),
+				 errdetail("A temporary function goes away with the session that created it.")));
 	if (proc->proisstrict)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
@@ -470,6 +479,10 @@ eventstore_register_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be positive", PG_GETARG_INT32(2) <= 0 ? "snapshot_every" : "revision")));
 	(void) EsCheckReducer(PG_GETARG_OID(1));
+	/* The reducer will run as its owner, for every loader: only its owner may */
+	if (!EsProcOwnerCheck(PG_GETARG_OID(1), GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_FUNCTION,
+					   format_procedure(PG_GETARG_OID(1)));
 
 	for (i = 0; i < 4; i++)
 		values[i] = PG_GETARG_DATUM(i);

@@ -253,7 +253,8 @@ static bool
 EsIsRetry(EsAppend *a, int64 *version)
 {
 	SPITupleTable *tt = SPI_tuptable;
-	int64		first = a->check ? a->expected + 1 : -1;
+	bool		placed = a->check;	/* where the events must be is known */
+	int64		first = a->check ? a->expected + 1 : 0;
 	uint64		r;
 
 	if (a->nids != a->nevents || SPI_processed != (uint64) a->nevents)
@@ -271,8 +272,11 @@ EsIsRetry(EsAppend *a, int64 *version)
 			if (EsCompareIds(&id, &a->events[i].id) == 0)
 				break;
 		Assert(i < a->nevents);
-		if (first < 0)
+		if (!placed)
+		{
 			first = ver - i;
+			placed = true;
+		}
 		if (ver != first + i ||
 			!EsTextEqual(stream, a->stream_id) ||
 			!EsTextEqual(DatumGetTextPP(SPI_getbinval(tup, tt->tupdesc, 4, &isnull)),
@@ -538,6 +542,13 @@ EsAppendEvents(EsAppend *a)
 	EsSavedUser saved;
 	int64		version = 0;
 	int			try;
+
+	/* No version computed below may overflow */
+	if (a->check && a->expected > PG_INT64_MAX - a->nevents)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid expected_version " INT64_FORMAT, a->expected),
+				 errdetail("The stream's version after the append would be out of range.")));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -26,6 +26,14 @@
 #define EsProcAclCheck(proc, user) pg_proc_aclcheck((proc), (user), ACL_EXECUTE)
 #endif
 
+/* PostgreSQL 16 replaced pg_proc_ownercheck() by object_ownercheck() */
+#if PG_VERSION_NUM >= 160000
+#define EsProcOwnerCheck(proc, user) \
+	object_ownercheck(ProcedureRelationId, (proc), (user))
+#else
+#define EsProcOwnerCheck(proc, user) pg_proc_ownercheck((proc), (user))
+#endif
+
 /* A random number in [0, 1): pg_prng arrived in PostgreSQL 15 */
 #if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"
