@@ -122,23 +122,23 @@ SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
 ]) WITH ORDINALITY AS c(call, n) ORDER BY n;
 
 -- register_aggregate(category, reducer, snapshot_every, revision)
-CREATE FUNCTION pg_temp.reducer(state jsonb, event eventstore.events) RETURNS jsonb
+CREATE FUNCTION public.crash_reducer(state jsonb, event eventstore.events) RETURNS jsonb
 	LANGUAGE sql AS 'SELECT state';
 SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
 	$$SELECT eventstore.register_aggregate(NULL, NULL, NULL, NULL)$$,
 	$$SELECT eventstore.register_aggregate('crash', NULL, NULL, NULL)$$,
-	$$SELECT eventstore.register_aggregate('crash', 'pg_temp.reducer(jsonb, eventstore.events)', NULL, 1)$$,
-	$$SELECT eventstore.register_aggregate('crash', 'pg_temp.reducer(jsonb, eventstore.events)', 1, NULL)$$,
-	$$SELECT eventstore.register_aggregate('', 'pg_temp.reducer(jsonb, eventstore.events)')$$,
+	$$SELECT eventstore.register_aggregate('crash', 'public.crash_reducer(jsonb, eventstore.events)', NULL, 1)$$,
+	$$SELECT eventstore.register_aggregate('crash', 'public.crash_reducer(jsonb, eventstore.events)', 1, NULL)$$,
+	$$SELECT eventstore.register_aggregate('', 'public.crash_reducer(jsonb, eventstore.events)')$$,
 	$$SELECT eventstore.register_aggregate('crash', 0)$$,
 	$$SELECT eventstore.register_aggregate('crash', 0::oid::regprocedure)$$,
 	$$SELECT eventstore.register_aggregate('crash', 4294967295::oid::regprocedure)$$,
-	$$SELECT eventstore.register_aggregate('crash', 'pg_temp.reducer(jsonb, eventstore.events)', 2147483647, 2147483647)$$,
-	$$SELECT eventstore.register_aggregate('crash', 'pg_temp.reducer(jsonb, eventstore.events)', -2147483648, 1)$$,
-	$$SELECT eventstore.register_aggregate(repeat('x', 10000), 'pg_temp.reducer(jsonb, eventstore.events)')$$,
-	$$SELECT eventstore.register_aggregate(pg_temp.noise(10000), 'pg_temp.reducer(jsonb, eventstore.events)')$$,
+	$$SELECT eventstore.register_aggregate('crash', 'public.crash_reducer(jsonb, eventstore.events)', 2147483647, 2147483647)$$,
+	$$SELECT eventstore.register_aggregate('crash', 'public.crash_reducer(jsonb, eventstore.events)', -2147483648, 1)$$,
+	$$SELECT eventstore.register_aggregate(repeat('x', 10000), 'public.crash_reducer(jsonb, eventstore.events)')$$,
+	$$SELECT eventstore.register_aggregate(pg_temp.noise(10000), 'public.crash_reducer(jsonb, eventstore.events)')$$,
 	$$SELECT eventstore.register_aggregate('crash', 'pg_catalog.sum(int4)')$$,
-	$$SELECT eventstore.register_aggregate('crash', 'pg_temp.reducer(jsonb, eventstore.events)')$$
+	$$SELECT eventstore.register_aggregate('crash', 'public.crash_reducer(jsonb, eventstore.events)')$$
 ]) WITH ORDINALITY AS c(call, n) ORDER BY n;
 
 -- routes_changed(): a trigger function, called directly and from triggers
