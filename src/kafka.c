@@ -38,6 +38,10 @@
 #include "pgstat.h"
 #include "storage/fd.h"
 #include "portability/instr_time.h"
+#include "common/hashfn.h"
+#include "storage/ipc.h"
+#include "storage/pmsignal.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
@@ -53,9 +57,6 @@ static int	es_started_timeout = 0;
 
 /* Messages produced and not yet reported */
 static int	es_pending = 0;
-
-/* Whether a message of the current batch was refused by produce() */
-static bool es_failed_keys = false;
 
 /* Set by the error callback when the producer can no longer be used */
 static bool es_fatal = false;
@@ -481,19 +482,30 @@ EsKafkaServe(void)
 		rd_kafka_poll(es_producer, 0);
 }
 
-/* Whether an earlier message of this batch with msg's key failed to produce */
-static bool
-EsKeyFailed(EsMessage *msgs, int upto, const char *key)
+/* A key of the batch being sent: the topic of its first message, and whether
+ * its later messages must wait for the next round */
+typedef struct EsBatchKey
 {
-	int			i;
+	uint32		hash;			/* hash of the key: the hash table's key */
+	const char *topic;
+	bool		held;
+} EsBatchKey;
 
-	if (key == NULL)
-		return false;
-	for (i = 0; i < upto; i++)
-		if ((msgs[i].skipped || (msgs[i].done && msgs[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)) &&
-			msgs[i].key != NULL && strcmp(msgs[i].key, key) == 0)
-			return true;
-	return false;
+/*
+ * The batch's keys, by hash (in the current memory context).  Two keys with
+ * the same hash share an entry: that can only hold a message back for a
+ * round, never let one overtake another.
+ */
+static HTAB *
+EsBatchKeys(int nmsgs)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(uint32);
+	ctl.entrysize = sizeof(EsBatchKey);
+	ctl.hcxt = CurrentMemoryContext;
+	return hash_create("eventstore batch keys", Max(nmsgs, 16), &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
 /* Hand one message to librdkafka; a local refusal is its outcome */
@@ -517,6 +529,8 @@ EsProduce(EsMessage *msg)
 			break;
 		/* The local queue is full: serve reports until there is room */
 		CHECK_FOR_INTERRUPTS();
+		if (!PostmasterIsAlive())
+			proc_exit(1);
 		rd_kafka_poll(es_producer, 10);
 	}
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -526,7 +540,6 @@ EsProduce(EsMessage *msg)
 		rd_kafka_headers_destroy(hdrs);
 		msg->err = err;
 		msg->done = true;
-		es_failed_keys = true;
 	}
 }
 
@@ -535,46 +548,73 @@ EsProduce(EsMessage *msg)
  * until eventstore.delivery_timeout passed and what was still queued was
  * purged (those messages fail with _PURGE_QUEUE).  Interrupts are served
  * every 10 ms.
+ *
+ * Per-key order within the batch: a message waits for the next round
+ * (skipped) when an earlier message of its key was refused (locally, or
+ * before it got here, e.g. not convertible to UTF-8), was skipped itself, or
+ * goes to another topic.  Within one topic the idempotent producer keeps a
+ * key's messages in order; across topics nothing would, so the later one is
+ * only sent once the earlier one was acknowledged (until then the fetch
+ * holds it back behind the earlier one's retry).
  */
 void
 EsKafkaSend(EsMessage *msgs, int nmsgs)
 {
 	instr_time	start,
 				now;
-	bool		purged = false;
+	HTAB	   *keys = EsBatchKeys(nmsgs);
 	int			i;
 
 	INSTR_TIME_SET_CURRENT(start);
-	es_failed_keys = false;
 	for (i = 0; i < nmsgs; i++)
 	{
-		/*
-		 * After a message was refused locally, later messages of its key
-		 * wait for the next round, so they cannot overtake it.
-		 */
-		if (es_failed_keys && EsKeyFailed(msgs, i, msgs[i].key))
+		EsMessage  *m = &msgs[i];
+		EsBatchKey *k = NULL;
+		bool		found = false;
+
+		if (m->key != NULL)
 		{
-			msgs[i].skipped = true;
-			continue;
+			uint32		hash = hash_bytes((const unsigned char *) m->key, strlen(m->key));
+
+			k = hash_search(keys, &hash, HASH_ENTER, &found);
+			if (!found)
+			{
+				k->topic = m->topic;
+				k->held = false;
+			}
+			else if (k->held || strcmp(k->topic, m->topic) != 0)
+			{
+				k->held = true;
+				m->skipped = true;
+				continue;
+			}
 		}
-		EsProduce(&msgs[i]);
+		if (!m->done)
+			EsProduce(m);
+		if (m->done && m->err != RD_KAFKA_RESP_ERR_NO_ERROR && k != NULL)
+			k->held = true;
 	}
 
 	while (es_pending > 0)
 	{
 		CHECK_FOR_INTERRUPTS();
+		if (!PostmasterIsAlive())
+			proc_exit(1);
 		pgstat_report_wait_start(PG_WAIT_EXTENSION);
 		rd_kafka_poll(es_producer, 10);
 		pgstat_report_wait_end();
 
+		/*
+		 * Past the deadline, purge the queue at every turn: a message that
+		 * was in flight at the first purge and failed retriably is queued
+		 * again by librdkafka.
+		 */
 		INSTR_TIME_SET_CURRENT(now);
 		INSTR_TIME_SUBTRACT(now, start);
-		if (!purged && INSTR_TIME_GET_MILLISEC(now) >= es_delivery_timeout)
-		{
+		if (INSTR_TIME_GET_MILLISEC(now) >= es_delivery_timeout)
 			rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE);
-			purged = true;
-		}
 	}
+	hash_destroy(keys);
 	if (nmsgs > 0 && msgs[nmsgs - 1].err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 }

@@ -42,6 +42,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "catalog/namespace.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -55,6 +56,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -102,7 +104,14 @@ typedef struct EsOutcome
 	int			ndead[2];
 	char	   *last_error;		/* NULL: none */
 	bool		all_down;		/* every failure was "brokers unreachable" */
+	bool		skipped;		/* messages wait for the next round */
+	double		first_retry_ms; /* the shortest retry delay scheduled */
+	Oid			outbox;			/* the outbox table the batch came from */
+	char	   *dead_letter_topic;	/* eventstore.dead_letter_topic then */
 } EsOutcome;
+
+/* The outbox table the current batch was read from */
+static Oid	es_batch_outbox = InvalidOid;
 
 /*
  * A sent batch whose recording failed (in the batch memory context): the
@@ -142,17 +151,75 @@ EsRelayShowState(EsRelayState state)
 }
 
 /*
- * A string of the database's encoding in UTF-8 (in a transaction: the
- * conversion is looked up in the catalog).  SQL_ASCII bytes pass unchanged.
+ * The conversion from the database's encoding to UTF-8: InvalidOid when
+ * none is needed (UTF8, and SQL_ASCII, whose bytes pass unchanged); an
+ * error when the database has none (MULE_INTERNAL): the relay cannot serve
+ * it.  In a transaction.
  */
-static char *
-EsToUtf8(char *s)
+static Oid
+EsUtf8Conversion(void)
 {
 	int			enc = GetDatabaseEncoding();
+	Oid			proc;
 
-	if (s == NULL || enc == PG_UTF8 || enc == PG_SQL_ASCII)
+	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
+		return InvalidOid;
+	proc = FindDefaultConversionProc(enc, PG_UTF8);
+	if (!OidIsValid(proc))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("database encoding \"%s\" has no conversion to UTF-8", GetDatabaseEncodingName()),
+				 errdetail("The relay sends every message in UTF-8."),
+				 errhint("Serve a database in UTF8 or another encoding that converts to UTF-8.")));
+	return proc;
+}
+
+/*
+ * A string of the database's encoding in UTF-8 through 'proc' (see
+ * EsUtf8Conversion), or NULL when a character has no UTF-8 equivalent
+ */
+static char *
+EsToUtf8(Oid proc, char *s)
+{
+	int			len;
+	char	   *out;
+
+	if (s == NULL || !OidIsValid(proc))
 		return s;
-	return pg_server_to_any(s, strlen(s), PG_UTF8);
+	len = strlen(s);
+	out = palloc((Size) len * MAX_CONVERSION_GROWTH + 1);
+	if (pg_do_encoding_conversion_buf(proc, GetDatabaseEncoding(), PG_UTF8,
+									  (unsigned char *) s, len,
+									  (unsigned char *) out,
+									  len * MAX_CONVERSION_GROWTH + 1, true) != len)
+		return NULL;
+	return out;
+}
+
+/*
+ * Convert a message to UTF-8 through 'proc'; a message with a character
+ * that has none is refused (and becomes a dead letter, a permanent error)
+ */
+static void
+EsMessageToUtf8(Oid proc, EsMessage *m)
+{
+	bool		ok = true;
+	int			h;
+
+	if (!OidIsValid(proc))
+		return;
+	ok = (m->key == NULL || (m->key = EsToUtf8(proc, m->key)) != NULL) &&
+		(m->value == NULL || (m->value = EsToUtf8(proc, m->value)) != NULL);
+	for (h = 0; ok && h < m->nheaders; h++)
+		ok = (m->headers[h].name = EsToUtf8(proc, (char *) m->headers[h].name)) != NULL &&
+			(m->headers[h].value = EsToUtf8(proc, m->headers[h].value)) != NULL;
+	if (!ok)
+	{
+		m->done = true;
+		m->err = RD_KAFKA_RESP_ERR__BAD_MSG;
+		m->refused = psprintf("not convertible to UTF-8: a character of the database encoding \"%s\" has no UTF-8 equivalent",
+							  GetDatabaseEncodingName());
+	}
 }
 
 /* Copy a text column of the current SPI row, NULL as NULL */
@@ -211,6 +278,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 	Datum		values[3];
 	MemoryContext batch_cxt = CurrentMemoryContext;
 	char	   *source;
+	Oid			to_utf8;
 	int			n = 0;
 	uint64		i;
 
@@ -227,6 +295,9 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 		CommitTransactionCommand();
 		return 0;
 	}
+
+	es_batch_outbox = get_relname_relid("outbox", EsSchemaOid());
+	to_utf8 = EsUtf8Conversion();
 
 	/* The horizon comes before the snapshot the query runs with */
 	values[0] = Int64GetDatum(EsHorizon(ES_SEQ_OUTBOX));
@@ -302,18 +373,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 			m->headers = palloc(sizeof(EsHeader) * ES_CE_MAX_HEADERS);
 			m->nheaders = EsCloudEventHeaders(&ev, source, m->headers);
 		}
-		if (GetDatabaseEncoding() != PG_UTF8)
-		{
-			int			h;
-
-			m->key = EsToUtf8(m->key);
-			m->value = EsToUtf8(m->value);
-			for (h = 0; h < m->nheaders; h++)
-			{
-				m->headers[h].name = EsToUtf8((char *) m->headers[h].name);
-				m->headers[h].value = EsToUtf8(m->headers[h].value);
-			}
-		}
+		EsMessageToUtf8(to_utf8, m);
 		MemoryContextSwitchTo(old);
 	}
 
@@ -439,7 +499,7 @@ EsRelayRetry(Datum *ids, Datum *delays, Datum *errors, int n)
  * message to that topic (with the error in its headers).
  */
 static void
-EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
+EsRelayDeadLetter(Datum *ids, Datum *errors, int n, const char *forward_to)
 {
 	static SPIPlanPtr table_plan = NULL;
 	static SPIPlanPtr forward_plan = NULL;
@@ -450,7 +510,7 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
 		return;
 	values[0] = EsArray(ids, n, INT8OID);
 	values[1] = EsArray(errors, n, TEXTOID);
-	if (!forward)
+	if (forward_to == NULL)
 	{
 		EsSpiExec(EsPlan(&table_plan,
 						 "WITH moved AS (DELETE FROM eventstore.outbox o"
@@ -467,7 +527,7 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, bool forward)
 				  values, NULL, false, SPI_OK_INSERT);
 		return;
 	}
-	values[2] = CStringGetTextDatum(es_dead_letter_topic);
+	values[2] = CStringGetTextDatum(forward_to);
 	values[3] = CStringGetTextDatum(EsCloudEventsSource());
 	EsHoldHorizon(ES_SEQ_OUTBOX);
 	EsSpiExec(EsPlan(&forward_plan,
@@ -514,6 +574,8 @@ EsRelayClassify(EsMessage *msgs, int n)
 	o->dead_errors[0] = palloc(sizeof(Datum) * n);
 	o->dead_errors[1] = palloc(sizeof(Datum) * n);
 	o->all_down = true;
+	o->outbox = es_batch_outbox;
+	o->dead_letter_topic = forward_ok ? pstrdup(es_dead_letter_topic) : NULL;
 
 	for (i = 0; i < n; i++)
 	{
@@ -522,7 +584,10 @@ EsRelayClassify(EsMessage *msgs, int n)
 		int			where;
 
 		if (m->skipped)
+		{
+			o->skipped = true;
 			continue;
+		}
 		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
 			o->latencies[o->nsent] = (double) (now - m->enqueued_at) / 1000.0;
@@ -530,7 +595,7 @@ EsRelayClassify(EsMessage *msgs, int n)
 			o->all_down = false;
 			continue;
 		}
-		o->last_error = EsErrorText(m->err);
+		o->last_error = m->refused ? m->refused : EsErrorText(m->err);
 		o->all_down = o->all_down && EsKafkaIsBrokerDown(m->err);
 		error = CStringGetTextDatum(o->last_error);
 		if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
@@ -544,6 +609,8 @@ EsRelayClassify(EsMessage *msgs, int n)
 			logged = m->err;
 			o->retry_ids[o->nretry] = Int64GetDatum(m->id);
 			o->retry_delays[o->nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
+			if (o->nretry == 0 || DatumGetFloat8(o->retry_delays[o->nretry]) < o->first_retry_ms)
+				o->first_retry_ms = DatumGetFloat8(o->retry_delays[o->nretry]);
 			o->retry_errors[o->nretry++] = error;
 			continue;
 		}
@@ -551,7 +618,7 @@ EsRelayClassify(EsMessage *msgs, int n)
 		where = (forward_ok && !m->forwarded) ? 1 : 0;
 		ereport(LOG,
 				(errmsg("eventstore relay: outbox message " INT64_FORMAT " to topic \"%s\" is a dead letter: %s",
-						m->id, m->topic, EsErrorText(m->err)),
+						m->id, m->topic, o->last_error),
 				 errdetail("%s after %d attempts; %s.",
 						   EsKafkaIsPermanent(m->err) ? "Permanent error" : "Retriable error",
 						   m->attempts + 1,
@@ -576,10 +643,26 @@ EsRelayRecord(EsOutcome *o)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "eventstore relay: recording deliveries");
-	EsRelayDelete(o->sent, o->nsent);
-	EsRelayRetry(o->retry_ids, o->retry_delays, o->retry_errors, o->nretry);
-	EsRelayDeadLetter(o->dead_ids[0], o->dead_errors[0], o->ndead[0], false);
-	EsRelayDeadLetter(o->dead_ids[1], o->dead_errors[1], o->ndead[1], true);
+
+	/*
+	 * The ids are the outbox's as it was when the batch was read.  If the
+	 * extension was dropped and created again since (a batch kept by an
+	 * error), they would name other rows: forget the outcome instead.
+	 */
+	if (!OidIsValid(get_extension_oid("eventstore", true)) ||
+		get_relname_relid("outbox", EsSchemaOid()) != o->outbox)
+		ereport(LOG,
+				(errmsg("eventstore relay: the outcome of a sent batch is dropped: the outbox it was read from no longer exists"),
+				 errdetail("%d messages were acknowledged, %d were to be retried and %d to be dead-lettered.",
+						   o->nsent, o->nretry, o->ndead[0] + o->ndead[1])));
+	else
+	{
+		EsRelayDelete(o->sent, o->nsent);
+		EsRelayRetry(o->retry_ids, o->retry_delays, o->retry_errors, o->nretry);
+		EsRelayDeadLetter(o->dead_ids[0], o->dead_errors[0], o->ndead[0], NULL);
+		EsRelayDeadLetter(o->dead_ids[1], o->dead_errors[1], o->ndead[1],
+						  o->dead_letter_topic);
+	}
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
@@ -590,7 +673,7 @@ EsRelayRecord(EsOutcome *o)
 				   o->latencies, o->nsent);
 	if (o->nsent + o->nretry + o->ndead[0] + o->ndead[1] > 0 && o->all_down)
 		EsKafkaSetBrokersDown();
-	EsRelayShowState(ES_RELAY_IDLE);
+	EsRelayShowState(o->nretry > 0 ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
 }
 
 /*
@@ -602,6 +685,7 @@ static int
 EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
 {
 	EsMessage  *msgs;
+	EsOutcome  *outcome;
 	int			n;
 	bool		backing_off = false;
 	MemoryContext old;
@@ -627,9 +711,20 @@ EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
 		pgstat_report_activity(STATE_RUNNING, psprintf("eventstore relay: sending %d messages", n));
 		EsKafkaSend(msgs, n);
 		/* From here on the batch is recorded, not sent again */
-		es_unrecorded = EsRelayClassify(msgs, n);
-		EsRelayRecord(es_unrecorded);
+		outcome = EsRelayClassify(msgs, n);
+		es_unrecorded = outcome;
+		EsRelayRecord(outcome);
 		MemoryContextSwitchTo(batch_cxt);
+
+		/*
+		 * *wait_ms was computed before this batch was sent: messages it left
+		 * for the next round go at once, and a retry it scheduled may be due
+		 * before the time computed then
+		 */
+		if (outcome->skipped)
+			*wait_ms = 0;
+		else if (outcome->nretry > 0)
+			*wait_ms = Max(1, Min(*wait_ms, (long) outcome->first_retry_ms));
 	}
 	else
 	{

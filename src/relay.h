@@ -27,7 +27,9 @@ typedef struct EsMessage
 	TimestampTz enqueued_at;	/* eventstore.outbox.created_at */
 	bool		forwarded;		/* a dead letter on its way to the DLT */
 	bool		done;			/* the broker answered (or we gave up) */
-	bool		skipped;		/* not sent: an earlier one of its key failed */
+	bool		skipped;		/* not sent this round: see EsKafkaSend() */
+	char	   *refused;		/* why the relay refused it before sending
+								 * (done, with RD_KAFKA_RESP_ERR__BAD_MSG) */
 	rd_kafka_resp_err_t err;	/* RD_KAFKA_RESP_ERR_NO_ERROR: delivered */
 } EsMessage;
 

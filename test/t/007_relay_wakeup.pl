@@ -91,6 +91,21 @@ $node->safe_psql('postgres', q{COMMIT PREPARED 'wake6'});
 ok(wait_drained($node), 'COMMIT PREPARED: delivered');
 ok(arrived()->{'{"n": 6}'}, 'the prepared message is on the topic');
 
+# 5. A failed delivery is retried at its backoff (100 ms to 1 s here), not
+# at the idle interval; meanwhile the relay says it is backing off
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET eventstore.delivery_timeout = '500ms';
+	SELECT pg_reload_conf();});
+$node->poll_query_until('postgres', q{SELECT state = 'idle' FROM eventstore.relay_status()})
+  or die 'relay not idle after the reload';
+mock_command($mock, 'down all');
+$node->safe_psql('postgres', q{SELECT eventstore.publish('wake', 'k7', '{"n": 7}')});
+ok($node->poll_query_until('postgres',
+		q{SELECT attempts >= 3 FROM eventstore.outbox WHERE message_key = 'k7'}),
+	'retried at the backoff, three attempts');
+mock_command($mock, 'up all');
+ok(wait_drained($node), 'delivered once the brokers are back');
+
 $t1->{in} .= "\\q\n";
 $t1->{h}->finish;
 $node->stop;

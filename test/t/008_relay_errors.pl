@@ -48,6 +48,32 @@ ok($node->poll_query_until('postgres', q{SELECT state = 'idle' FROM eventstore.r
 $count{ $_->{payload} }++ for @{ consume($mock->{bootstrap}, 'rec') };
 is_deeply(\%count, +{ map { (qq({"n": $_}), 1) } 1 .. 3 }, 'and still each message once');
 
+# 1b. The extension dropped and created again while a sent batch waits to be
+# recorded: the kept outcome must not delete the new outbox's rows (their
+# ids start again at 1)
+$node->safe_psql('postgres', q{
+	CREATE TRIGGER refuse_delete BEFORE DELETE ON eventstore.outbox
+	FOR EACH ROW EXECUTE FUNCTION public.refuse_delete();
+	SELECT eventstore.publish('old', 'k' || i, jsonb_build_object('n', i)) FROM generate_series(1, 3) i;
+});
+ok($node->poll_query_until('postgres', q{SELECT state = 'error' FROM eventstore.relay_status()}),
+	'a sent batch waits to be recorded');
+$node->safe_psql('postgres', q{
+	BEGIN;
+	DROP EXTENSION eventstore CASCADE;
+	CREATE EXTENSION eventstore;
+	SELECT eventstore.publish('new', 'k' || i, jsonb_build_object('n', i)) FROM generate_series(1, 3) i;
+	COMMIT;
+	SELECT eventstore.publish('new', 'k4', '{"n": 4}');
+});
+ok(wait_drained($node), 'the new outbox drains');
+%count = ();
+$count{ $_->{payload} }++ for @{ consume($mock->{bootstrap}, 'new') };
+is(join(',', sort keys %count), '{"n": 1},{"n": 2},{"n": 3},{"n": 4}',
+	'every message of the new outbox was delivered');
+like(slurp_file($node->logfile), qr/the outcome of a sent batch is dropped/,
+	'the old outcome was dropped, and the log says so');
+
 # 2. Read-only by default and tiny timeouts for the database and the role
 $node->safe_psql('postgres', q{
 	ALTER DATABASE postgres SET default_transaction_read_only = on;
