@@ -396,7 +396,9 @@ EsKafkaAtExit(int code, Datum arg)
 
 	if (es_producer == NULL)
 		return;
-	(void) rd_kafka_flush(es_producer, Min(es_delivery_timeout, ES_SHUTDOWN_FLUSH_MS));
+	/* Without a postmaster nothing waits for us: leave at once */
+	if (PostmasterIsAlive())
+		(void) rd_kafka_flush(es_producer, Min(es_delivery_timeout, ES_SHUTDOWN_FLUSH_MS));
 	left = es_pending;
 	if (left > 0)
 		ereport(LOG,
@@ -615,6 +617,7 @@ EsKafkaSend(EsMessage *msgs, int nmsgs)
 			rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE);
 	}
 	hash_destroy(keys);
-	if (nmsgs > 0 && msgs[nmsgs - 1].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (nmsgs > 0 && msgs[nmsgs - 1].done &&
+		msgs[nmsgs - 1].err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 }

@@ -174,9 +174,14 @@ EsUtf8Conversion(void)
 	return proc;
 }
 
+/* The longest string EsToUtf8() converts: its output buffer stays below 1 GB */
+#define ES_MAX_CONVERTED ((int) ((MaxAllocSize - 1) / MAX_CONVERSION_GROWTH))
+
 /*
  * A string of the database's encoding in UTF-8 through 'proc' (see
- * EsUtf8Conversion), or NULL when a character has no UTF-8 equivalent
+ * EsUtf8Conversion), or NULL when a character has no UTF-8 equivalent or
+ * the string is longer than ES_MAX_CONVERTED (no broker takes such a
+ * message anyway)
  */
 static char *
 EsToUtf8(Oid proc, char *s)
@@ -187,12 +192,17 @@ EsToUtf8(Oid proc, char *s)
 	if (s == NULL || !OidIsValid(proc))
 		return s;
 	len = strlen(s);
+	if (len > ES_MAX_CONVERTED)
+		return NULL;
 	out = palloc((Size) len * MAX_CONVERSION_GROWTH + 1);
 	if (pg_do_encoding_conversion_buf(proc, GetDatabaseEncoding(), PG_UTF8,
 									  (unsigned char *) s, len,
 									  (unsigned char *) out,
 									  len * MAX_CONVERSION_GROWTH + 1, true) != len)
 		return NULL;
+	/* Give back the room a long string did not need */
+	if (len > 1000000)
+		out = repalloc(out, strlen(out) + 1);
 	return out;
 }
 
@@ -217,8 +227,8 @@ EsMessageToUtf8(Oid proc, EsMessage *m)
 	{
 		m->done = true;
 		m->err = RD_KAFKA_RESP_ERR__BAD_MSG;
-		m->refused = psprintf("not convertible to UTF-8: a character of the database encoding \"%s\" has no UTF-8 equivalent",
-							  GetDatabaseEncodingName());
+		m->refused = psprintf("not convertible to UTF-8: a character of the database encoding \"%s\" has no UTF-8 equivalent, or a field is longer than %d bytes",
+							  GetDatabaseEncodingName(), ES_MAX_CONVERTED);
 	}
 }
 
