@@ -484,8 +484,10 @@ EsKafkaServe(void)
 		rd_kafka_poll(es_producer, 0);
 }
 
-/* A key of the batch being sent: the topic of its first message, and whether
- * its later messages must wait for the next round */
+/*
+ * A key of the batch being sent: the topic of its first message, and whether
+ * its later messages must wait for the next round
+ */
 typedef struct EsBatchKey
 {
 	uint32		hash;			/* hash of the key: the hash table's key */

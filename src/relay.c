@@ -43,6 +43,7 @@
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "catalog/namespace.h"
+#include "nodes/makefuncs.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -56,7 +57,6 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -232,6 +232,17 @@ EsMessageToUtf8(Oid proc, EsMessage *m)
 	}
 }
 
+/*
+ * The OID of eventstore.outbox, locked in 'mode' (InvalidOid if it does not
+ * exist).  Looked up with the lock, as DML does: a concurrent DROP EXTENSION
+ * is waited for, and then the table that replaced it is the one found.
+ */
+static Oid
+EsLockOutbox(LOCKMODE mode)
+{
+	return RangeVarGetRelid(makeRangeVar("eventstore", "outbox", -1), mode, true);
+}
+
 /* Copy a text column of the current SPI row, NULL as NULL */
 static char *
 EsCopyText(HeapTuple tup, TupleDesc desc, int col)
@@ -283,7 +294,6 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 {
 	static SPIPlanPtr fetch_plan = NULL;
 	static SPIPlanPtr due_plan = NULL;
-	static SPIPlanPtr held_plan = NULL;
 	Oid			argtypes[3] = {INT8OID, INT4OID, BOOLOID};
 	Datum		values[3];
 	MemoryContext batch_cxt = CurrentMemoryContext;
@@ -306,7 +316,7 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 		return 0;
 	}
 
-	es_batch_outbox = get_relname_relid("outbox", EsSchemaOid());
+	es_batch_outbox = EsLockOutbox(AccessShareLock);
 	to_utf8 = EsUtf8Conversion();
 
 	/* The horizon comes before the snapshot the query runs with */
@@ -395,30 +405,27 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 		bool		isnull;
 		Datum		due;
 
+		/*
+		 * When the next retry is due, and whether committed rows at or above
+		 * the horizon wait for an open transaction that took a smaller id.
+		 * That transaction's end wakes us; should the wake-up be missed, look
+		 * again soon rather than after the idle interval.
+		 */
 		EsSpiExec(EsPlan(&due_plan,
-						 "SELECT pg_catalog.ceil(pg_catalog.date_part('epoch',"
+						 "SELECT (SELECT pg_catalog.ceil(pg_catalog.date_part('epoch',"
 						 " pg_catalog.min(next_attempt_at) OPERATOR(pg_catalog.-) pg_catalog.now())"
 						 " OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
 						 " FROM eventstore.outbox"
-						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()",
-						 0, NULL),
-				  NULL, NULL, true, SPI_OK_SELECT);
+						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()),"
+						 " EXISTS (SELECT FROM eventstore.outbox"
+						 " WHERE id OPERATOR(pg_catalog.>=) $1)",
+						 1, argtypes),
+				  values, NULL, true, SPI_OK_SELECT);
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
 			*wait_ms = Max(1, Min(*wait_ms, DatumGetInt64(due)));
 		*backing_off = !isnull;
-
-		/*
-		 * Committed rows at or above the horizon wait for an open transaction
-		 * that took a smaller id.  Its end wakes us; should that wake-up be
-		 * missed, look again soon rather than after the idle interval.
-		 */
-		EsSpiExec(EsPlan(&held_plan,
-						 "SELECT EXISTS (SELECT FROM eventstore.outbox"
-						 " WHERE id OPERATOR(pg_catalog.>=) $1)",
-						 1, argtypes),
-				  values, NULL, true, SPI_OK_SELECT);
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 			*wait_ms = Min(*wait_ms, ES_HELD_BACK_RECHECK_MS);
 	}
 
@@ -657,10 +664,10 @@ EsRelayRecord(EsOutcome *o)
 	/*
 	 * The ids are the outbox's as it was when the batch was read.  If the
 	 * extension was dropped and created again since (a batch kept by an
-	 * error), they would name other rows: forget the outcome instead.
+	 * error), they would name other rows: forget the outcome instead.  The
+	 * lock keeps the table we compare the one we then write.
 	 */
-	if (!OidIsValid(get_extension_oid("eventstore", true)) ||
-		get_relname_relid("outbox", EsSchemaOid()) != o->outbox)
+	if (EsLockOutbox(RowExclusiveLock) != o->outbox)
 		ereport(LOG,
 				(errmsg("eventstore relay: the outcome of a sent batch is dropped: the outbox it was read from no longer exists"),
 				 errdetail("%d messages were acknowledged, %d were to be retried and %d to be dead-lettered.",
@@ -890,32 +897,29 @@ eventstore_relay_main(Datum arg)
 			(es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged() || EsKafkaFailed()))
 			EsKafkaStop();
 
-		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)
+		if (es_retry_at != 0 && GetCurrentTimestamp() >= es_retry_at)
+			es_retry_at = 0;	/* the backoff after an error has passed */
+
+		if (es_retry_at != 0)
 		{
 			/* After an error: wait for the backoff, whatever wakes us */
 			wait_ms = Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), es_retry_at));
 		}
 		else if (es_unrecorded != NULL)
-		{
-			es_retry_at = 0;
 			(void) EsRelayRound(batch_cxt, &wait_ms);
-		}
 		else if (es_kafka_brokers[0] == '\0')
 		{
-			es_retry_at = 0;
 			EsRelaySetState(ES_RELAY_DISABLED);
 			wait_ms = -1;		/* off: sleep until a reload */
 		}
 		else if (!EsKafkaRunning() && !EsKafkaStart())
 		{
-			es_retry_at = 0;
 			EsRelaySetState(ES_RELAY_CONNECTING);
 			EsRelayAccount(0, 0, 0, "invalid Kafka settings: see the server log", NULL, 0);
 			wait_ms = es_retry_backoff_max;
 		}
 		else
 		{
-			es_retry_at = 0;
 			EsKafkaServe();
 			if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
 			{
