@@ -66,6 +66,7 @@ typedef enum EsSequence
 /* horizon.c */
 extern void EsHoldHorizon(EsSequence seq);
 extern int64 EsHorizon(EsSequence seq);
+extern int64 EsLastValue(EsSequence seq);
 
 /* eventstore.c: settings */
 extern char *es_kafka_brokers;

@@ -60,7 +60,7 @@ static const struct
 static LocalTransactionId horizon_lxid[lengthof(es_horizons)];
 
 /* The last value taken from the sequence, 0 if none yet */
-static int64
+int64
 EsLastValue(EsSequence seq)
 {
 	Oid			seqoid;

@@ -476,19 +476,23 @@ EsAckPartition(FunctionCallInfo fcinfo, int argno, const EsSubscription *sub,
 	return -1;					/* keep the compiler quiet */
 }
 
-/* Raise 22023 when 'position' is past the head: an event that may not exist yet */
+/*
+ * Raise 22023 when 'position' is past the head, the last position taken: no
+ * event can be there yet.  (Not the horizon, which another transaction can
+ * lower for a moment while it announces its bound.)
+ */
 static void
 EsCheckNotAhead(const EsSubscription *sub, int32 partition, int64 position)
 {
-	int64		head = EsHorizon(ES_SEQ_EVENTS) - 1;
+	int64		head = EsLastValue(ES_SEQ_EVENTS);
 
 	if (position > head)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("position %lld is ahead of the head %lld of subscription \"%s\"",
-						(long long) position, (long long) head, sub->name),
-				 errdetail("Partition %d can only be acknowledged up to positions poll can return.",
-						   partition)));
+				 errmsg("position %lld is ahead of the head %lld of the event store",
+						(long long) position, (long long) head),
+				 errdetail("Partition %d of subscription \"%s\" cannot be acknowledged past the last event.",
+						   partition, sub->name)));
 }
 
 /* Raise 22023: 'position' is behind the partition's checkpoint */

@@ -146,6 +146,9 @@ EsTakeLease(const EsSubscription *sub, int32 partition, bool wait, bool *newly)
 	}
 	PG_END_TRY();
 	*newly = res == LOCKACQUIRE_OK;
+	/* Polls waiting for a partition this holds look again when it ends */
+	if (*newly)
+		EsWakePollersAtEnd();
 	return res != LOCKACQUIRE_NOT_AVAIL;
 }
 
@@ -457,12 +460,16 @@ eventstore_create_subscription(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("on_failure must be \"skip\" or \"park\": \"%s\"", on_failure)));
 
-	/* The head: every event at or below it that will ever commit is visible */
-	head = EsHorizon(ES_SEQ_EVENTS) - 1;
+	/*
+	 * NULL: below the horizon, where every event that will ever commit is
+	 * visible now, so that no later commit is skipped
+	 */
 	if (PG_ARGISNULL(4))
-		start = head;
+		start = EsHorizon(ES_SEQ_EVENTS) - 1;
 	else
 	{
+		/* At most the head, the last position taken */
+		head = EsLastValue(ES_SEQ_EVENTS);
 		start = PG_GETARG_INT64(4);
 		if (start < 0 || start > head)
 			ereport(ERROR,
