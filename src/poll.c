@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -71,6 +72,7 @@ typedef struct EsPartitionState
 	TimestampTz next_attempt_at;	/* 0: none */
 	TimestampTz first_failed_at;	/* 0: none */
 	int64		parked_at;		/* 0: not parked, else the dead letter's position */
+	bool		requeued;		/* it has requeued dead letters */
 } EsPartitionState;
 
 /* Read a partition's row (SPI connected, as the owner, lease held) */
@@ -95,7 +97,11 @@ EsReadPartition(const EsSubscription *sub, int32 partition, EsPartitionState *st
 					 " WHERE d.subscription OPERATOR(pg_catalog.=) p.subscription"
 					 " AND d.partition OPERATOR(pg_catalog.=) p.partition"
 					 " AND d.requeued_at IS NULL"
-					 " AND d.event_position OPERATOR(pg_catalog.>) p.checkpoint)"
+					 " AND d.event_position OPERATOR(pg_catalog.>) p.checkpoint),"
+					 " EXISTS (SELECT FROM eventstore.subscription_dead_letters d"
+					 " WHERE d.subscription OPERATOR(pg_catalog.=) p.subscription"
+					 " AND d.partition OPERATOR(pg_catalog.=) p.partition"
+					 " AND d.requeued_at IS NOT NULL)"
 					 " FROM eventstore.subscription_partitions p"
 					 " WHERE p.subscription OPERATOR(pg_catalog.=) $1"
 					 " AND p.partition OPERATOR(pg_catalog.=) $2",
@@ -119,19 +125,97 @@ EsReadPartition(const EsSubscription *sub, int32 partition, EsPartitionState *st
 	d = SPI_getbinval(tuple, desc, 6, &isnull);
 	/* Only park mode holds a partition at a dead letter */
 	st->parked_at = isnull || !sub->park ? 0 : DatumGetInt64(d);
+	st->requeued = DatumGetBool(SPI_getbinval(tuple, desc, 7, &isnull));
 }
 
-/* Append the first ES_EVENT_COLUMNS columns of each SPI row to the result */
+/*
+ * Append the event of an SPI row (its first ES_EVENT_COLUMNS columns) to
+ * the result.  The row is deformed once: fetching column by column would
+ * walk the variable-width columns again for each.
+ */
 static void
 EsReturnEvent(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc)
 {
-	Datum		values[ES_EVENT_COLUMNS];
-	bool		nulls[ES_EVENT_COLUMNS];
-	int			i;
+	Datum		values[ES_EVENT_COLUMNS + 1];
+	bool		nulls[ES_EVENT_COLUMNS + 1];
 
-	for (i = 0; i < ES_EVENT_COLUMNS; i++)
-		values[i] = SPI_getbinval(tuple, desc, i + 1, &nulls[i]);
+	if (desc->natts > ES_EVENT_COLUMNS + 1)
+		elog(ERROR, "unexpected row of %d columns", desc->natts);
+	heap_deform_tuple(tuple, desc, values, nulls);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * The receiver of a poll's scan: it appends each event to the result, and
+ * stops the scan at the first event the filter failed on, keeping a copy.
+ */
+typedef struct EsEventReceiver
+{
+	DestReceiver pub;
+	Tuplestorestate *store;
+	TupleDesc	desc;			/* the result's: eventstore.events */
+	MemoryContext cxt;			/* where the copy of a failed event lives */
+	int64		stored;
+	HeapTuple	failed;			/* the event the filter failed on, or NULL */
+	TupleDesc	failed_desc;
+	int64		failed_position;
+	text	   *failed_stream;
+} EsEventReceiver;
+
+/* EsEventReceiver: one row of the scan */
+static bool
+EsReceiveEvent(TupleTableSlot *slot, DestReceiver *self)
+{
+	EsEventReceiver *r = (EsEventReceiver *) self;
+
+	if (slot->tts_tupleDescriptor->natts > ES_EVENT_COLUMNS)
+	{
+		/* With a filter: the verdict follows the event's columns */
+		slot_getallattrs(slot);
+		if (slot->tts_isnull[ES_EVENT_COLUMNS])
+		{
+			MemoryContext old = MemoryContextSwitchTo(r->cxt);
+
+			r->failed = ExecCopySlotHeapTuple(slot);
+			r->failed_desc = CreateTupleDescCopy(slot->tts_tupleDescriptor);
+			r->failed_position = DatumGetInt64(slot->tts_values[0]);
+			r->failed_stream = DatumGetTextPCopy(slot->tts_values[1]);
+			MemoryContextSwitchTo(old);
+			return false;		/* stop the scan here */
+		}
+		tuplestore_putvalues(r->store, r->desc, slot->tts_values, slot->tts_isnull);
+	}
+	else
+		tuplestore_puttupleslot(r->store, slot);
+	r->stored++;
+	return true;
+}
+
+/* EsEventReceiver: nothing to do at the start and end of the scan */
+static void
+EsReceiverStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+/* EsEventReceiver: see EsReceiverStartup */
+static void
+EsReceiverNoop(DestReceiver *self)
+{
+}
+
+/* Set up a receiver that appends to the poll's result */
+static void
+EsInitReceiver(EsEventReceiver *r, ReturnSetInfo *rsinfo)
+{
+	memset(r, 0, sizeof(EsEventReceiver));
+	r->pub.receiveSlot = EsReceiveEvent;
+	r->pub.rStartup = EsReceiverStartup;
+	r->pub.rShutdown = EsReceiverNoop;
+	r->pub.rDestroy = EsReceiverNoop;
+	r->pub.mydest = DestNone;
+	r->store = rsinfo->setResult;
+	r->desc = rsinfo->setDesc;
+	r->cxt = CurrentMemoryContext;
 }
 
 /*
@@ -279,9 +363,8 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	EsPollResult res = {0, false, 0};
 	EsPartitionState st;
 	int64		before;
-	uint64		nrows;
-	uint64		i;
-	SPITupleTable *rows;
+	int64		after;
+	bool		scanned_any = false;
 
 	EsReadPartition(sub, partition, &st);
 	if (st.next_attempt_at != 0 && st.next_attempt_at > GetCurrentTimestamp())
@@ -290,51 +373,53 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 		res.retry_at = st.next_attempt_at;
 		return res;
 	}
-	res.count = EsPollRequeued(sub, partition, st.checkpoint, max_count, rsinfo);
-	res.wrote = res.count > 0;
-	if (res.count >= max_count)
-		return res;
+	if (st.requeued)
+	{
+		res.count = EsPollRequeued(sub, partition, st.checkpoint, max_count, rsinfo);
+		res.wrote = res.count > 0;
+		if (res.count >= max_count)
+			return res;
+	}
 
-	/* Never past the horizon, nor past a dead letter the partition is parked at */
+	/*
+	 * The events after the checkpoint, never past the horizon nor past a dead
+	 * letter the partition is parked at.  The scan stops at an event the
+	 * filter fails on, which is handled and the scan goes on after it.
+	 */
 	before = horizon;
 	if (st.parked_at != 0 && st.parked_at < before)
 		before = st.parked_at;
-	EsPrepareEvents(sub, partition, st.checkpoint, before, max_count - res.count);
-	rows = SPI_tuptable;
-	nrows = SPI_processed;
-	for (i = 0; i < nrows; i++)
+	after = st.checkpoint;
+	for (;;)
 	{
-		HeapTuple	tuple = rows->vals[i];
-		bool		verdict_null;
+		EsEventReceiver r;
 
-		(void) SPI_getbinval(tuple, rows->tupdesc, ES_EVENT_COLUMNS + 1, &verdict_null);
-		if (verdict_null)
+		EsInitReceiver(&r, rsinfo);
+		EsPrepareEvents(sub, partition, after, before, max_count - res.count, &r.pub);
+		res.count += r.stored;
+		scanned_any = scanned_any || r.stored > 0 || r.failed != NULL;
+		if (r.failed == NULL)
+			break;
+
+		/* A failure of the subscription, unless an operator requeued it */
+		res.wrote = true;
+		if (EsFilterFailure(sub, partition, r.failed_position, r.failed_stream))
 		{
-			/*
-			 * The filter failed on this event: a failure of the subscription,
-			 * unless an operator requeued it
-			 */
-			bool		isnull;
-			int64		position = DatumGetInt64(SPI_getbinval(tuple, rows->tupdesc, 1, &isnull));
-			text	   *stream_id = DatumGetTextPP(SPI_getbinval(tuple, rows->tupdesc, 2, &isnull));
-
-			res.wrote = true;
-			if (!EsFilterFailure(sub, partition, position, stream_id))
-			{
-				if (sub->park)
-					break;
-				continue;
-			}
+			EsReturnEvent(rsinfo, r.failed, r.failed_desc);
+			res.count++;
 		}
-		EsReturnEvent(rsinfo, tuple, rows->tupdesc);
-		res.count++;
+		else if (sub->park)
+			break;
+		if (res.count >= max_count)
+			break;
+		after = r.failed_position;
 	}
 
 	/*
 	 * Nothing matched up to the horizon: remember that, so that the next
 	 * poll does not read the same events again
 	 */
-	if (nrows == 0 && res.count == 0 && before == horizon &&
+	if (!scanned_any && res.count == 0 && before == horizon &&
 		horizon - 1 - st.checkpoint >= ES_ADVANCE_GAP)
 	{
 		EsSetCheckpoint(sub, partition, horizon - 1, false);
@@ -717,13 +802,15 @@ eventstore_ack(PG_FUNCTION_ARGS)
 	if (position < st.checkpoint)
 	{
 		/* Only requeued dead letters poll returned can be behind it */
-		if (EsAckRequeued(sub, partition, position, st.checkpoint) == 0)
+		if (!st.requeued ||
+			EsAckRequeued(sub, partition, position, st.checkpoint) == 0)
 			EsBehindCheckpoint(sub, partition, position, st.checkpoint);
 	}
 	else
 	{
 		EsCheckNotAhead(sub, partition, position);
-		(void) EsAckRequeued(sub, partition, position, st.checkpoint);
+		if (st.requeued)
+			(void) EsAckRequeued(sub, partition, position, st.checkpoint);
 		if (position > st.checkpoint)
 			EsSetCheckpoint(sub, partition, position, true);
 	}

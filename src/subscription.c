@@ -29,6 +29,7 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
+#include "nodes/params.h"
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -210,31 +211,36 @@ EsHeldPartition(const EsSubscription *sub)
 /*
  * Run the query for the subscription's events of a partition after position
  * 'after' and before 'before', oldest first, at most 'limit' (SPI
- * connected, as the owner).  Column 10 of each row is the filter's verdict:
+ * connected, as the owner), into 'dest' (NULL: SPI_tuptable).  Rows have
+ * the columns of eventstore.events; with a filter, a 10th is its verdict:
  * true, or NULL when it failed on the event (false ones are left out).
  * Kept plans: one per combination of the selections the subscription uses.
  */
 void
 EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
-				int64 before, int64 limit)
+				int64 before, int64 limit, DestReceiver *dest)
 {
 	static SPIPlanPtr plans[16];
 	Oid			argtypes[8] = {INT8OID, INT8OID, TEXTOID, TEXTARRAYOID, INT4OID,
 	INT4OID, JSONPATHOID, INT8OID};
 	Datum		values[8];
-	char		nulls[8] = "        ";
+	bool		nulls[8] = {false};
 	int			shape = (sub->category ? 1 : 0) | (sub->event_types ? 2 : 0) |
 		(sub->filter ? 4 : 0) | (sub->partitions > 1 ? 8 : 0);
+	SPIExecuteOptions options = {0};
+	int			i;
+	int			rc;
 
 	if (plans[shape] == NULL)
 	{
 		StringInfoData sql;
 
 		initStringInfo(&sql);
-		appendStringInfoString(&sql, "SELECT e.*, ");
-		appendStringInfoString(&sql, sub->filter ?
-							   "pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
-							   " '{}'::pg_catalog.jsonb, true)" : "true");
+		appendStringInfoString(&sql, "SELECT e.*");
+		if (sub->filter)
+			appendStringInfoString(&sql,
+								   ", pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
+								   " '{}'::pg_catalog.jsonb, true)");
 		appendStringInfoString(&sql,
 							   " FROM eventstore.events e"
 							   " WHERE e.global_position OPERATOR(pg_catalog.>) $1"
@@ -256,15 +262,29 @@ EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
 	values[0] = Int64GetDatum(after);
 	values[1] = Int64GetDatum(before);
 	values[2] = PointerGetDatum(sub->category);
-	nulls[2] = sub->category ? ' ' : 'n';
+	nulls[2] = sub->category == NULL;
 	values[3] = sub->event_types;
-	nulls[3] = sub->event_types ? ' ' : 'n';
+	nulls[3] = sub->event_types == (Datum) 0;
 	values[4] = Int32GetDatum(sub->partitions);
 	values[5] = Int32GetDatum(partition);
 	values[6] = sub->filter;
-	nulls[6] = sub->filter ? ' ' : 'n';
+	nulls[6] = sub->filter == (Datum) 0;
 	values[7] = Int64GetDatum(limit);
-	EsSpiExec(plans[shape], values, nulls, false, SPI_OK_SELECT);
+
+	options.params = makeParamList(8);
+	for (i = 0; i < 8; i++)
+	{
+		options.params->params[i].value = values[i];
+		options.params->params[i].isnull = nulls[i];
+		options.params->params[i].pflags = PARAM_FLAG_CONST;
+		options.params->params[i].ptype = argtypes[i];
+	}
+	options.read_only = false;
+	options.dest = dest;
+	rc = SPI_execute_plan_extended(plans[shape], &options);
+	/* SPI says SPI_OK_UTILITY for a SELECT into a receiver of our own */
+	if (rc != (dest ? SPI_OK_UTILITY : SPI_OK_SELECT))
+		elog(ERROR, "SPI_execute_plan_extended returned %s", SPI_result_code_string(rc));
 }
 
 /* The partition of a stream among 'partitions' */
@@ -756,7 +776,7 @@ eventstore_discard_subscription_dead_letters(PG_FUNCTION_ARGS)
 		/* An earlier dead letter of this partition moved it already */
 		if (i > 0 && partition == DatumGetInt32(SPI_getbinval(parked->vals[i - 1], parked->tupdesc, 1, &isnull)))
 			checkpoint = DatumGetInt64(SPI_getbinval(parked->vals[i - 1], parked->tupdesc, 2, &isnull));
-		EsPrepareEvents(sub, partition, checkpoint, position, 1);
+		EsPrepareEvents(sub, partition, checkpoint, position, 1, NULL);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
