@@ -3,13 +3,18 @@
  *		Subscription consumers for bench/subscriptions.sh: how fast they read
  *		a backlog, and how soon a committed event reaches them.
  *
- *		subscribe --conninfo STR --mode read_all|poll --category C
+ *		subscribe --conninfo STR --mode read_all|read_all_ack|poll --category C
  *			[--subscription S] [--page 1000] [--consumers 1]
  *		subscribe --conninfo STR --mode latency|notify --category C
  *			[--subscription S] [--rate 1000] [--seconds 30] [--connections 4]
  *
  * read_all: one client pages through the category's committed events with
  * read_all(last, page, C) until a page is empty (the baseline).
+ * read_all_ack: the same, each page in a transaction that also records its
+ * last position, as a hand-made subscription would:
+ *		BEGIN; SELECT * FROM eventstore.read_all(last, page, C);
+ *		UPDATE bench_checkpoint SET position = last; COMMIT;
+ * (the table bench_checkpoint(position bigint) is the caller's).
  * poll: <consumers> clients, each a connection of its own, loop on
  *		BEGIN; SELECT * FROM eventstore.poll(S, page); SELECT eventstore.ack(S, last); COMMIT;
  * until a poll finds nothing once every event the category held at the start
@@ -165,8 +170,12 @@ db_connect(int producer)
 		prepare(conn, "append", strcmp(mode, "notify") == 0 ?
 				"SELECT eventstore.append($1, 0, $2::jsonb), pg_notify('bench_subscribe', '')" :
 				"SELECT eventstore.append($1, 0, $2::jsonb)", 2);
-	else if (strcmp(mode, "read_all") == 0 || strcmp(mode, "notify") == 0)
+	else if (strncmp(mode, "read_all", 8) == 0 || strcmp(mode, "notify") == 0)
+	{
 		prepare(conn, "read", "SELECT * FROM eventstore.read_all($1::bigint, $2::integer, $3::text)", 3);
+		if (strcmp(mode, "read_all_ack") == 0)
+			prepare(conn, "checkpoint", "UPDATE bench_checkpoint SET position = $1::bigint", 1);
+	}
 	else
 	{
 		prepare(conn, "poll", strcmp(mode, "latency") == 0 ?
@@ -234,9 +243,12 @@ poll_main(void *arg)
 	return NULL;
 }
 
-/* The read_all baseline: one client pages until a page is empty */
+/*
+ * The read_all baselines: one client pages until a page is empty; with
+ * 'record', each page in a transaction that records its last position
+ */
 static void
-read_all_backlog(PGconn *conn)
+read_all_backlog(PGconn *conn, int record)
 {
 	char		last[32] = "0",
 				page_s[16];
@@ -248,11 +260,24 @@ read_all_backlog(PGconn *conn)
 	{
 		int			n;
 
+		if (record)
+			exec_ok(conn, "BEGIN");
 		res = run(conn, "read", 3, params);
 		n = PQntuples(res);
 		if (n > 0)
 			snprintf(last, sizeof(last), "%s", last_position(res));
 		PQclear(res);
+		if (record)
+		{
+			if (n > 0)
+			{
+				res = PQexecPrepared(conn, "checkpoint", 1, params, NULL, NULL, 0);
+				if (PQresultStatus(res) != PGRES_COMMAND_OK)
+					die("checkpoint: %s", PQerrorMessage(conn));
+				PQclear(res);
+			}
+			exec_ok(conn, "COMMIT");
+		}
 		if (n == 0)
 			break;
 		received += n;
@@ -429,7 +454,7 @@ percentile(const double *sorted, long n, int pct)
 	return n == 0 ? 0.0 : sorted[rank - 1];
 }
 
-/* The read_all and poll modes: read the category's backlog, print the rate */
+/* The read_all, read_all_ack and poll modes: read the category's backlog, print the rate */
 static int
 backlog(void)
 {
@@ -451,10 +476,10 @@ backlog(void)
 		die("%s", PQerrorMessage(conn));
 	n_events = atol(PQgetvalue(res, 0, 0));
 	PQclear(res);
-	if (strcmp(mode, "read_all") == 0)
+	if (strncmp(mode, "read_all", 8) == 0)
 	{
 		t0 = now_ns();
-		read_all_backlog(conn);
+		read_all_backlog(conn, strcmp(mode, "read_all_ack") == 0);
 		secs = (double) (now_ns() - t0) / NS_PER_SEC;
 	}
 	else
@@ -609,7 +634,8 @@ parse_args(int argc, char **argv)
 	}
 	if (!conninfo || !mode || !category || strlen(category) >= 128)
 		return 0;
-	if (strcmp(mode, "read_all") == 0 || strcmp(mode, "notify") == 0)
+	if (strcmp(mode, "read_all") == 0 || strcmp(mode, "read_all_ack") == 0 ||
+		strcmp(mode, "notify") == 0)
 		return 1;
 	return (strcmp(mode, "poll") == 0 || strcmp(mode, "latency") == 0) && subscription != NULL;
 }
@@ -619,14 +645,14 @@ main(int argc, char **argv)
 {
 	if (!parse_args(argc, argv))
 	{
-		fprintf(stderr, "usage: %s --conninfo STR --mode read_all|poll --category C [--subscription S] "
+		fprintf(stderr, "usage: %s --conninfo STR --mode read_all|read_all_ack|poll --category C [--subscription S] "
 				"[--page 1000] [--consumers 1]\n"
 				"       %s --conninfo STR --mode latency|notify --category C [--subscription S] "
 				"[--rate 1000] [--seconds 30] [--connections 4]\n", argv[0], argv[0]);
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (strcmp(mode, "read_all") == 0 || strcmp(mode, "poll") == 0)
+	if (strncmp(mode, "read_all", 8) == 0 || strcmp(mode, "poll") == 0)
 		return backlog();
 	return latency();
 }

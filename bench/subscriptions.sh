@@ -3,7 +3,9 @@
 #      read by one consumer in pages of 1,000, one transaction per page
 #      (BEGIN; poll; ack of the page's last position; COMMIT), against one
 #      client paging through the same events with read_all(last, 1,000,
-#      category) until a page is empty.  Both in C with libpq, prepared
+#      category) until a page is empty; for context, the same pages each
+#      in a transaction that also UPDATEs a one-row checkpoint table (what
+#      a hand-made subscription writes).  All in C with libpq, prepared
 #      statements, every column fetched in text form; a run takes a
 #      fraction of a second, so 2 * BENCH_PAIRS + 1 alternating pairs, a
 #      new subscription each time; medians.
@@ -20,10 +22,12 @@
 #      runs.
 
 bench_subscriptions() {
-	local secs=${1:-30} pairs=$((2 * BENCH_PAIRS + 1)) conn i c out base es n p99 rate_1
+	local secs=${1:-30} pairs=$((2 * BENCH_PAIRS + 1)) conn i c out base ack es n p99 rate_1
 	conn="host=$work port=$port user=postgres dbname=postgres"
 	bench_relay ''
 	bench_psql >/dev/null <<'SQL'
+CREATE TABLE bench_checkpoint (position bigint);
+INSERT INTO bench_checkpoint VALUES (0);
 DO $$
 DECLARE
 	events jsonb := (SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded',
@@ -37,11 +41,16 @@ SQL
 	n=$(bench_value "SELECT count(*) FROM eventstore.events WHERE category = 'subbench'")
 
 	# (a) one consumer against read_all
-	: > "$work/alt.base"; : > "$work/alt.es"; : > "$work/alt.ratio"
+	: > "$work/alt.base"; : > "$work/alt.es"; : > "$work/alt.ratio"; : > "$work/alt.ack"
+	: > "$work/alt.ackratio"
 	for i in $(seq "$pairs"); do
 		out=$(bench/subscribe --conninfo "$conn" --mode read_all --category subbench --page 1000)
 		echo "  read_all: $out" >&2
 		base=$(bench_field rate "$out")
+		out=$(bench/subscribe --conninfo "$conn" --mode read_all_ack --category subbench --page 1000)
+		echo "  read_all + UPDATE: $out" >&2
+		ack=$(bench_field rate "$out")
+		echo "$ack" >> "$work/alt.ack"
 		bench_psql -c "SELECT eventstore.create_subscription('bench-a$i', 'subbench')" >/dev/null
 		out=$(bench/subscribe --conninfo "$conn" --mode poll --category subbench --subscription "bench-a$i" \
 			--page 1000)
@@ -51,6 +60,7 @@ SQL
 		echo "$base" >> "$work/alt.base"
 		echo "$es" >> "$work/alt.es"
 		bench_div "$es" "$base" >> "$work/alt.ratio"
+		bench_div "$es" "$ack" >> "$work/alt.ackratio"
 	done
 	base=$(bench_median < "$work/alt.base")
 	es=$(bench_median < "$work/alt.es")
@@ -58,6 +68,9 @@ SQL
 	bench_result "subscription: consume $n events, pages of 1,000 + ack (events/s)" "$(bench_fmt 0 "$es")" \
 		"$(bench_fmt 0 "$base") read_all pages" "$(bench_fmt 2 "$ratio")" ">= 0.80" \
 		"$(bench_verdict "$ratio" '>=' 0.80)"
+	bench_result "subscription: consume, vs read_all + checkpoint UPDATE per page (events/s)" "$(bench_fmt 0 "$es")" \
+		"$(bench_fmt 0 "$(bench_median < "$work/alt.ack")") read_all + UPDATE" \
+		"$(bench_fmt 2 "$(bench_median < "$work/alt.ackratio")")" "(context)" ""
 
 	# (c) 1, 2 and 4 consumers on 4 partitions, against (a)'s read_all
 	for c in 1 2 4; do
@@ -97,5 +110,5 @@ SQL
 	bench_result "  achieved rate (appends/s), missing, received before the commit returned" \
 		"$(bench_field rate "$out"), $(bench_field missing "$out"), $(bench_field negative "$out")" \
 		"$(bench_field rate "$base"), $(bench_field missing "$base"), $(bench_field negative "$base")" "" "" ""
-	bench_psql -c "SELECT eventstore.drop_subscription('bench-lat')" >/dev/null
+	bench_psql -c "SELECT eventstore.drop_subscription('bench-lat')" -c 'DROP TABLE bench_checkpoint' >/dev/null
 }
