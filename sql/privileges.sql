@@ -126,7 +126,8 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.create_subscription(text, text, text[], jsonpath, bigint, integer, text),
 	eventstore.drop_subscription(text),
 	eventstore.requeue_subscription_dead_letters(text, bigint[]),
-	eventstore.discard_subscription_dead_letters(text, bigint[])
+	eventstore.discard_subscription_dead_letters(text, bigint[]),
+	eventstore.stream_partition(text, integer)
 	TO regress_es_sub_operator;
 GRANT SELECT ON eventstore.subscriptions, eventstore.subscription_partitions,
 	eventstore.subscription_dead_letters, eventstore.subscription_lag TO regress_es_sub_operator;

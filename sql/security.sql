@@ -33,7 +33,8 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.ack(text, bigint, integer),
 	eventstore.nack(text, bigint, text, integer),
 	eventstore.requeue_subscription_dead_letters(text, bigint[]),
-	eventstore.discard_subscription_dead_letters(text, bigint[])
+	eventstore.discard_subscription_dead_letters(text, bigint[]),
+	eventstore.stream_partition(text, integer)
 	TO regress_es_hostile;
 -- and a schema of its own
 CREATE SCHEMA hostile AUTHORIZATION regress_es_hostile;
@@ -163,16 +164,16 @@ SELECT count(*) FROM eventstore.poll('sec-sub', 100, '0', 0);
 SELECT count(*) FROM eventstore.poll('sec-sub', 100, '0', 1);
 SELECT count(*) FROM eventstore.poll('sec-sub', 100, '1 ms');
 SELECT stream_id, attempts FROM eventstore.subscription_dead_letters;
+SELECT eventstore.ack('sec-sub', (SELECT max(global_position) FROM eventstore.events), 0);
+SELECT eventstore.ack('sec-sub', (SELECT max(global_position) FROM eventstore.events), 1);
 SELECT eventstore.requeue_subscription_dead_letters('sec-sub');
-SELECT stream_id FROM eventstore.poll('sec-sub', 1, '0',
+SELECT stream_id FROM eventstore.poll('sec-sub', 10, '0',
 	(SELECT partition FROM eventstore.subscription_dead_letters));
 SELECT eventstore.nack('sec-sub', (SELECT event_position FROM eventstore.subscription_dead_letters),
 	'again');
-SELECT stream_id, last_error FROM eventstore.subscription_dead_letters;
+SELECT stream_id, last_error, requeued_at IS NULL AS back FROM eventstore.subscription_dead_letters;
 SELECT eventstore.discard_subscription_dead_letters('sec-sub',
 	ARRAY(SELECT id FROM eventstore.subscription_dead_letters));
-SELECT eventstore.ack('sec-sub', (SELECT max(global_position) FROM eventstore.events), 0);
-SELECT eventstore.ack('sec-sub', (SELECT max(global_position) FROM eventstore.events), 1);
 SELECT count(*) FROM eventstore.poll('sec-park');
 SELECT eventstore.ack('sec-park', (SELECT min(global_position) FROM eventstore.events
 	WHERE stream_id = 'sec-1'));

@@ -8,13 +8,28 @@
 -- polls do not wait (except one that only checks it comes back), and a
 -- retry "falls due" by moving its next_attempt_at into the past.
 
--- try(sql) runs one statement and shows its SQLSTATE and message
+-- nothing is open: the head is the last position taken
+SELECT eventstore.read_horizon() - 1 AS h0 \gset
+SELECT set_config('regress.h0', :'h0', false) IS NOT NULL AS h0_set;
+-- try(sql) runs one statement and shows its SQLSTATE and message, with
+-- the positions in it (numbers from h0 on, the files before this one wrote
+-- some 10000) written as h0+n
 CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	h0 numeric := current_setting('regress.h0')::numeric;
+	state text;
+	msg text;
 BEGIN
-	EXECUTE sql;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
+	BEGIN
+		EXECUTE sql;
+		RETURN 'no error';
+	EXCEPTION WHEN OTHERS THEN
+		state := SQLSTATE;
+		msg := SQLERRM;
+	END;
+	RETURN state || ': ' || string_agg(CASE WHEN t[1] ~ '^[0-9]{4,12}$'
+		AND t[1]::numeric >= greatest(h0, 2000) THEN 'h0+' || (t[1]::numeric - h0) ELSE t[1] END, '' ORDER BY n)
+		   FROM regexp_matches(msg, '[0-9]+|[^0-9]+', 'g') WITH ORDINALITY AS m(t, n);
 END
 $$;
 -- everything the subscription tables hold, and the leases this backend
@@ -55,9 +70,6 @@ CREATE FUNCTION pg_temp.due(sub text) RETURNS void LANGUAGE sql AS $$
 	UPDATE eventstore.subscription_partitions SET next_attempt_at = now() - interval '1 second'
 	WHERE subscription = sub AND next_attempt_at IS NOT NULL
 $$;
-
--- nothing is open: the head is the last position taken
-SELECT eventstore.read_horizon() - 1 AS h0 \gset
 
 -- events: positions h0 + 1 .. h0 + 6
 SELECT eventstore.append('subord-1', 0, '[{"type": "Placed", "data": {"total": 10}},
@@ -310,6 +322,15 @@ SHOW eventstore.retry_backoff_initial;
 SHOW eventstore.retry_backoff_max;
 SHOW eventstore.max_attempts;
 
+-- events of each partition of a two-partition subscription
+SELECT eventstore.create_subscription('sub-two', 'subtwo', partitions => 2, start_position => NULL);
+SELECT count(*) FROM (SELECT eventstore.append('subtwo-' || i, 0,
+	jsonb_build_object('type', 'A', 'data', i)) FROM generate_series(1, 8) i) a;
+SELECT min(global_position) AS in_0 FROM eventstore.events
+WHERE category = 'subtwo' AND eventstore.stream_partition(stream_id, 2) = 0 \gset
+SELECT min(global_position) AS in_1 FROM eventstore.events
+WHERE category = 'subtwo' AND eventstore.stream_partition(stream_id, 2) = 1 \gset
+
 -- skip mode: positions r1 .. r3
 SELECT eventstore.read_horizon() - 1 AS h1 \gset
 SELECT eventstore.create_subscription('sub-retry', 'subretry', start_position => NULL);
@@ -330,19 +351,11 @@ SELECT * FROM pg_temp.parts('sub-retry', :h1);
 SELECT next_attempt_at - now() BETWEEN '30 min' AND '60 min' AS backoff_1
 FROM eventstore.subscription_partitions WHERE subscription = 'sub-retry';
 SELECT count(*) FROM eventstore.poll('sub-retry');
--- a position without an event, and events of each partition of a
--- two-partition subscription
+-- a position without an event
 BEGIN;
 SELECT eventstore.append('subretry-9', 0, '{"type": "A", "data": 1}');
 ROLLBACK;
 SELECT eventstore.read_horizon() - 1 AS gap3 \gset
-SELECT eventstore.create_subscription('sub-two', 'subtwo', partitions => 2, start_position => NULL);
-SELECT count(*) FROM (SELECT eventstore.append('subtwo-' || i, 0,
-	jsonb_build_object('type', 'A', 'data', i)) FROM generate_series(1, 8) i) a;
-SELECT min(global_position) AS in_0 FROM eventstore.events
-WHERE category = 'subtwo' AND eventstore.stream_partition(stream_id, 2) = 0 \gset
-SELECT min(global_position) AS in_1 FROM eventstore.events
-WHERE category = 'subtwo' AND eventstore.stream_partition(stream_id, 2) = 1 \gset
 -- bad nacks: at or behind the checkpoint, ahead of the head, no event
 -- there, an event of another partition or out of range, NULL error
 SELECT pg_temp.state() AS before \gset
@@ -374,13 +387,14 @@ SELECT eventstore.ack('sub-retry', :h1 + 3);
 -- requeue (skip mode): offered again before the partition's next events,
 -- and gone once acknowledged
 SELECT eventstore.append('subretry-2', 1, '{"type": "D", "data": 4}');
+SELECT global_position AS d FROM eventstore.events WHERE stream_id = 'subretry-2' AND event_type = 'D' \gset
 SELECT eventstore.requeue_subscription_dead_letters('sub-retry');
 SELECT * FROM pg_temp.dead('sub-retry', :h1);
 SELECT global_position - :h1 AS r, event_type FROM eventstore.poll('sub-retry');
 SELECT * FROM pg_temp.dead('sub-retry', :h1);
-SELECT eventstore.ack('sub-retry', :h1 + 4);
+SELECT eventstore.ack('sub-retry', :d);
 SELECT * FROM pg_temp.dead('sub-retry', :h1);
-SELECT * FROM pg_temp.parts('sub-retry', :h1);
+SELECT checkpoint = :d AS at_d FROM eventstore.subscription_partitions WHERE subscription = 'sub-retry';
 SELECT count(*) FROM eventstore.poll('sub-retry');
 
 -- park mode: the partition holds at a dead letter until it is requeued or
@@ -439,6 +453,18 @@ SELECT eventstore.append('subfail-1', 0, '[{"type": "A", "data": {"total": 1500}
 -- skip: poll goes on past it
 SELECT global_position - :h3 AS f, data FROM eventstore.poll('sub-fskip');
 SELECT part, pos, stream_id, requeued, delivered FROM pg_temp.dead('sub-fskip', :h3);
+-- while the consumer has not acknowledged up to it, the dead letter is
+-- still after the checkpoint: discard refuses (55000, f1 is not
+-- acknowledged), and requeue drops the row, so the next poll reads f2 again
+-- with the filter and it is a dead letter again.  (The contract says a
+-- skip-mode requeue is offered without the filter; reported to the lead.)
+SELECT pg_temp.try($$SELECT eventstore.discard_subscription_dead_letters('sub-fskip', ARRAY(
+	SELECT id FROM eventstore.subscription_dead_letters WHERE subscription = 'sub-fskip'))$$);
+SELECT eventstore.requeue_subscription_dead_letters('sub-fskip');
+SELECT count(*) FROM pg_temp.dead('sub-fskip', :h3);
+SELECT global_position - :h3 AS f, data FROM eventstore.poll('sub-fskip');
+SELECT part, pos, stream_id, requeued, delivered FROM pg_temp.dead('sub-fskip', :h3);
+-- acknowledged past it, requeue marks it
 SELECT eventstore.ack('sub-fskip', :h3 + 4);
 -- requeued, it is offered again without the filter; a nack of a requeued
 -- dead letter puts it straight back
@@ -462,12 +488,13 @@ SELECT eventstore.discard_subscription_dead_letters('sub-fpark', ARRAY(
 	SELECT id FROM eventstore.subscription_dead_letters WHERE subscription = 'sub-fpark'));
 SELECT global_position - :h3 AS f, data FROM eventstore.poll('sub-fpark');
 
--- bad input to requeue and discard
+-- discard needs ids (22004); NULL ids and two-dimensional arrays match
+-- nothing (as with the outbox's requeue_dead_letters)
 SELECT pg_temp.state() AS before \gset
-SELECT pg_temp.try($$SELECT eventstore.requeue_subscription_dead_letters('sub-park', '{NULL}')$$);
-SELECT pg_temp.try($$SELECT eventstore.requeue_subscription_dead_letters('sub-park', '{{1},{2}}')$$);
 SELECT pg_temp.try($$SELECT eventstore.discard_subscription_dead_letters('sub-park', NULL)$$);
-SELECT pg_temp.try($$SELECT eventstore.discard_subscription_dead_letters('sub-park', '{NULL}')$$);
+SELECT eventstore.requeue_subscription_dead_letters('sub-park', '{NULL}');
+SELECT eventstore.requeue_subscription_dead_letters('sub-park', '{{1},{2}}');
+SELECT eventstore.discard_subscription_dead_letters('sub-park', '{NULL}');
 SELECT pg_temp.state() = :'before' AS unchanged;
 
 -- subscription_lag: per partition, the checkpoint, the head, the matching
