@@ -130,7 +130,8 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.stream_partition(text, integer)
 	TO regress_es_sub_operator;
 GRANT SELECT ON eventstore.subscriptions, eventstore.subscription_partitions,
-	eventstore.subscription_dead_letters, eventstore.subscription_lag TO regress_es_sub_operator;
+	eventstore.subscription_dead_letters, eventstore.subscription_lag,
+	eventstore.events TO regress_es_sub_operator;
 GRANT EXECUTE ON FUNCTION
 	eventstore.poll(text, integer, interval, integer),
 	eventstore.ack(text, bigint, integer),
