@@ -44,8 +44,12 @@
  */
 #define ES_ADVANCE_GAP 1000
 
-/* Events the candidate query of a poll without a partition looks at, at most */
-#define ES_CANDIDATE_SCAN 10000
+/*
+ * Events the candidate query of a poll without a partition looks at, per
+ * partition: enough to find each busy partition, few enough that a backlog
+ * costs little
+ */
+#define ES_CANDIDATE_SCAN 8
 
 /* The partition this transaction's last poll without a partition claimed */
 static struct
@@ -441,9 +445,10 @@ EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
 {
 	static SPIPlanPtr plans[4];
 	static SPIPlanPtr requeued_plan = NULL;
-	Oid			argtypes[5] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTARRAYOID};
-	Datum		values[5];
-	char		nulls[5] = "     ";
+	Oid			argtypes[6] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8OID};
+	Datum		values[6];
+	char		nulls[6] = "      ";
+	int64		limit = (int64) Max(64, ES_CANDIDATE_SCAN * sub->partitions);
 	int			shape = (sub->category ? 1 : 0) | (sub->event_types ? 2 : 0);
 	bool	   *flags;
 	bool		isnull;
@@ -461,11 +466,10 @@ EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
 						 " (SELECT pg_catalog.min(p.checkpoint) FROM eventstore.subscription_partitions p"
 						 " WHERE p.subscription OPERATOR(pg_catalog.=) $1)"
 						 " AND e.global_position OPERATOR(pg_catalog.<) $2%s%s"
-						 " ORDER BY e.global_position LIMIT %d",
+						 " ORDER BY e.global_position LIMIT $6",
 						 sub->category ? " AND e.category OPERATOR(pg_catalog.=) $4" : "",
-						 sub->event_types ? " AND e.event_type OPERATOR(pg_catalog.=) ANY ($5)" : "",
-						 ES_CANDIDATE_SCAN);
-		EsPlan(&plans[shape], sql.data, 5, argtypes);
+						 sub->event_types ? " AND e.event_type OPERATOR(pg_catalog.=) ANY ($5)" : "");
+		EsPlan(&plans[shape], sql.data, 6, argtypes);
 	}
 	values[0] = CStringGetTextDatum(sub->name);
 	values[1] = Int64GetDatum(horizon);
@@ -474,8 +478,9 @@ EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
 	nulls[3] = sub->category ? ' ' : 'n';
 	values[4] = sub->event_types;
 	nulls[4] = sub->event_types ? ' ' : 'n';
+	values[5] = Int64GetDatum(limit);
 	EsSpiExec(plans[shape], values, nulls, false, SPI_OK_SELECT);
-	if (SPI_processed >= ES_CANDIDATE_SCAN)
+	if (SPI_processed >= (uint64) limit)
 		return NULL;
 	flags = palloc0(sizeof(bool) * sub->partitions);
 	for (i = 0; i < SPI_processed; i++)
