@@ -266,6 +266,144 @@ SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
 	$$SELECT eventstore.cloudevent_headers(ROW(1, repeat('x', 10000), 1, '11111111-1111-4111-8111-111111111111', repeat('t', 10000), '{}', jsonb_build_object('correlation_id', repeat('c', 10000)) || pg_temp.mb(), now(), 'x'), repeat('s', 10000))$$
 ]) WITH ORDINALITY AS c(call, n) ORDER BY n;
 
+-- the subscription functions, on two subscriptions made for them (rolled
+-- back with the rest); a filter that fails on crash-1's event
+SELECT eventstore.create_subscription('crash-sub', filter => '$.data.x > 1', start_position => 0)
+	IS NULL AS created;
+SELECT eventstore.create_subscription('crash-sub4', 'crash', partitions => 4, on_failure => 'park')
+	IS NULL AS created;
+-- create_subscription(name, category, event_types, filter, start_position, partitions, on_failure)
+SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
+	$$SELECT eventstore.create_subscription(NULL, NULL, NULL, NULL, NULL, NULL, NULL)$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, NULL, NULL, NULL, NULL)$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, NULL, 0, NULL, 'skip')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, NULL, 0, 1, NULL)$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, NULL, NULL, 1, 'skip')$$,
+	$$SELECT eventstore.create_subscription('', '', '{}', NULL, 0, 1, '')$$,
+	$$SELECT eventstore.create_subscription('c', '', NULL)$$,
+	$$SELECT eventstore.create_subscription('c', repeat('x', 10000))$$,
+	$$SELECT eventstore.create_subscription('c', pg_temp.noise(10000))$$,
+	$$SELECT eventstore.create_subscription('c', NULL, '{NULL}')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, '{""}')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, '{{a,b},{c,d}}')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, '[5:6]={a,b}')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, ARRAY[repeat('t', 10000)])$$,
+	$$SELECT eventstore.create_subscription('c', NULL, ARRAY(SELECT 't' || i FROM generate_series(1, 100000) i))$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, '$')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, '$.a')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, 'strict $.a == 1')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, '$.a like_regex "(" ')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, '$.a == $x')$$,
+	$$SELECT eventstore.create_subscription('c', NULL, NULL, ('$.a == "' || repeat('x', 100000) || '"')::jsonpath)$$,
+	$$SELECT eventstore.create_subscription('c', start_position => 9223372036854775807)$$,
+	$$SELECT eventstore.create_subscription('c', start_position => -9223372036854775808)$$,
+	$$SELECT eventstore.create_subscription('c', partitions => 2147483647)$$,
+	$$SELECT eventstore.create_subscription('c', partitions => -2147483648)$$,
+	$$SELECT eventstore.create_subscription('c', partitions => 1024)$$,
+	$$SELECT eventstore.create_subscription('c', on_failure => 'SKIP')$$,
+	$$SELECT eventstore.create_subscription('c', on_failure => repeat('p', 10000))$$,
+	$$SELECT eventstore.create_subscription(repeat('n', 10000))$$,
+	$$SELECT eventstore.create_subscription(pg_temp.noise(10000))$$,
+	$$SELECT eventstore.create_subscription(E'a\\0b')$$,
+	$$SELECT eventstore.create_subscription('crash-sub')$$
+]) WITH ORDINALITY AS c(call, n) ORDER BY n;
+
+-- drop_subscription(name) and stream_partition(stream_id, partitions)
+SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
+	$$SELECT eventstore.drop_subscription(NULL)$$,
+	$$SELECT eventstore.drop_subscription('')$$,
+	$$SELECT eventstore.drop_subscription(repeat('n', 10000))$$,
+	$$SELECT eventstore.drop_subscription('crash-sub')$$,
+	$$SELECT eventstore.stream_partition(NULL, NULL)$$,
+	$$SELECT eventstore.stream_partition('', 1)$$,
+	$$SELECT eventstore.stream_partition('x', 0)$$,
+	$$SELECT eventstore.stream_partition('x', -1)$$,
+	$$SELECT eventstore.stream_partition('x', -2147483648)$$,
+	$$SELECT eventstore.stream_partition('x', 2147483647)$$,
+	$$SELECT eventstore.stream_partition(pg_temp.noise(100000), 1024)$$
+]) WITH ORDINALITY AS c(call, n) ORDER BY n;
+
+-- poll(subscription, max_count, wait, partition)
+SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
+	$$SELECT * FROM eventstore.poll(NULL, NULL, NULL, NULL)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', NULL, NULL, NULL)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, NULL, NULL)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', NULL, '0', NULL)$$,
+	$$SELECT * FROM eventstore.poll('', 1)$$,
+	$$SELECT * FROM eventstore.poll(repeat('n', 10000))$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 0)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 2147483647)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', -2147483648)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '1 us')$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '-1 day 86400.000001 s')$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '-178000000 years')$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '1 month -30 days -1 us')$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '-1 us')$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '0', 0)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '0', 1)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub', 1, '0', -2147483648)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub4', 1, '0', 2147483647)$$,
+	$$SELECT * FROM eventstore.poll('crash-sub4', 1, '0', 3)$$
+]) WITH ORDINALITY AS c(call, n) ORDER BY n;
+
+-- ack(subscription, position, partition) and nack(subscription, position, error, partition)
+SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
+	$$SELECT eventstore.ack(NULL, NULL, NULL)$$,
+	$$SELECT eventstore.ack('crash-sub', NULL, NULL)$$,
+	$$SELECT eventstore.ack(NULL, 1, NULL)$$,
+	$$SELECT eventstore.ack('', 1)$$,
+	$$SELECT eventstore.ack(repeat('n', 10000), 1)$$,
+	$$SELECT eventstore.ack('crash-sub', 0)$$,
+	$$SELECT eventstore.ack('crash-sub', 0, 0)$$,
+	$$SELECT eventstore.ack('crash-sub', 9223372036854775807)$$,
+	$$SELECT eventstore.ack('crash-sub', -9223372036854775808)$$,
+	$$SELECT eventstore.ack('crash-sub', 0, 2147483647)$$,
+	$$SELECT eventstore.ack('crash-sub', 0, -2147483648)$$,
+	$$SELECT eventstore.ack('crash-sub4', 9223372036854775807, NULL)$$,
+	$$SELECT eventstore.ack('crash-sub4', -1, 3)$$,
+	$$SELECT eventstore.nack(NULL, NULL, NULL, NULL)$$,
+	$$SELECT eventstore.nack('crash-sub', NULL, NULL, NULL)$$,
+	$$SELECT eventstore.nack('crash-sub', 1, NULL, NULL)$$,
+	$$SELECT eventstore.nack('crash-sub', NULL, 'e', NULL)$$,
+	$$SELECT eventstore.nack('', 1, '')$$,
+	$$SELECT eventstore.nack('crash-sub', 0, 'e')$$,
+	$$SELECT eventstore.nack('crash-sub', 9223372036854775807, 'e')$$,
+	$$SELECT eventstore.nack('crash-sub', -9223372036854775808, 'e')$$,
+	$$SELECT eventstore.nack('crash-sub', 1, 'e', 2147483647)$$,
+	$$SELECT eventstore.nack('crash-sub', 1, 'e', -2147483648)$$,
+	$$SELECT eventstore.nack('crash-sub', 1, repeat('e', 1000000))$$,
+	$$SELECT eventstore.nack('crash-sub', 1, pg_temp.noise(100000))$$,
+	$$SELECT eventstore.nack('crash-sub4', 9223372036854775807, '', NULL)$$
+]) WITH ORDINALITY AS c(call, n) ORDER BY n;
+
+-- requeue_subscription_dead_letters(subscription, ids) and
+-- discard_subscription_dead_letters(subscription, ids)
+SELECT n, call, pg_temp.probe(call) FROM unnest(ARRAY[
+	$$SELECT eventstore.requeue_subscription_dead_letters(NULL, NULL)$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', NULL)$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters(NULL, '{1}')$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('', '{}')$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters(repeat('n', 10000), '{}')$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', '{}')$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', ARRAY[NULL]::bigint[])$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', ARRAY[1, NULL])$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', '{{1,2},{3,4}}')$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', '[5:6]={1,2}')$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', ARRAY[9223372036854775807, -9223372036854775808])$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub', ARRAY(SELECT generate_series(1, 100000)::bigint))$$,
+	$$SELECT eventstore.requeue_subscription_dead_letters('crash-sub4', NULL)$$,
+	$$SELECT eventstore.discard_subscription_dead_letters(NULL, NULL)$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub', NULL)$$,
+	$$SELECT eventstore.discard_subscription_dead_letters(NULL, '{1}')$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('', '{}')$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub', '{}')$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub', ARRAY[NULL]::bigint[])$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub', '{{1,2},{3,4}}')$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub', '[5:6]={1,2}')$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub', ARRAY[9223372036854775807, -9223372036854775808])$$,
+	$$SELECT eventstore.discard_subscription_dead_letters('crash-sub4', ARRAY(SELECT generate_series(1, 100000)::bigint))$$
+]) WITH ORDINALITY AS c(call, n) ORDER BY n;
+
 \pset format aligned
 ROLLBACK;
 -- nothing is left behind

@@ -115,3 +115,87 @@ SELECT count(*) FROM pg_settings WHERE name = 'eventstore.kafka_config';
 DELETE FROM eventstore.outbox WHERE topic = 'priv-replay';
 DROP OWNED BY regress_es_operator, regress_es_plain;
 DROP ROLE regress_es_operator, regress_es_plain;
+
+-- Subscriptions (docs/subscriptions.md): an operator creates them and
+-- handles their dead letters; a consumer can only poll, ack and nack
+CREATE ROLE regress_es_sub_operator;
+CREATE ROLE regress_es_consumer;
+CREATE ROLE regress_es_plain;
+GRANT USAGE ON SCHEMA eventstore TO regress_es_sub_operator, regress_es_consumer, regress_es_plain;
+GRANT EXECUTE ON FUNCTION
+	eventstore.create_subscription(text, text, text[], jsonpath, bigint, integer, text),
+	eventstore.drop_subscription(text),
+	eventstore.requeue_subscription_dead_letters(text, bigint[]),
+	eventstore.discard_subscription_dead_letters(text, bigint[]),
+	eventstore.stream_partition(text, integer)
+	TO regress_es_sub_operator;
+GRANT SELECT ON eventstore.subscriptions, eventstore.subscription_partitions,
+	eventstore.subscription_dead_letters, eventstore.subscription_lag,
+	eventstore.events TO regress_es_sub_operator;
+GRANT EXECUTE ON FUNCTION
+	eventstore.poll(text, integer, interval, integer),
+	eventstore.ack(text, bigint, integer),
+	eventstore.nack(text, bigint, text, integer)
+	TO regress_es_consumer;
+SELECT eventstore.read_horizon() - 1 AS ph \gset
+
+SET ROLE regress_es_sub_operator;
+SELECT eventstore.create_subscription('priv-sub', 'privsub', start_position => :ph);
+SELECT eventstore.create_subscription('priv-sub-2', filter => '$.data.total > 1', partitions => 2,
+	on_failure => 'park');
+SELECT name, category, filter, partitions, on_failure FROM eventstore.subscriptions
+WHERE name LIKE 'priv-sub%' ORDER BY name;
+SELECT subscription, partition, checkpoint = :ph AS at_start FROM eventstore.subscription_partitions
+WHERE subscription = 'priv-sub';
+-- the tables change only through the functions
+UPDATE eventstore.subscription_partitions SET checkpoint = 0;
+DELETE FROM eventstore.subscription_dead_letters;
+INSERT INTO eventstore.subscriptions (name, partitions, on_failure, start_position)
+VALUES ('priv-direct', 1, 'skip', 0);
+SELECT eventstore.drop_subscription('priv-sub-2');
+RESET ROLE;
+
+SELECT eventstore.append('privsub-1', 0, '[{"type": "A", "data": 1}, {"type": "B", "data": 2}]');
+SET ROLE regress_es_consumer;
+SELECT global_position - :ph AS pos, stream_id, stream_version, event_type
+FROM eventstore.poll('priv-sub');
+SELECT eventstore.ack('priv-sub', :ph + 1);
+SELECT eventstore.nack('priv-sub', :ph + 2, 'failed');
+-- and nothing else
+SELECT eventstore.create_subscription('priv-sub-3');
+SELECT eventstore.drop_subscription('priv-sub');
+SELECT eventstore.requeue_subscription_dead_letters('priv-sub');
+SELECT eventstore.discard_subscription_dead_letters('priv-sub', '{}');
+SELECT count(*) FROM eventstore.subscriptions;
+SELECT count(*) FROM eventstore.subscription_partitions;
+SELECT count(*) FROM eventstore.subscription_dead_letters;
+SELECT count(*) FROM eventstore.subscription_lag;
+SELECT count(*) FROM eventstore.events;
+SELECT count(*) FROM eventstore.read_all();
+UPDATE eventstore.subscription_partitions SET checkpoint = 0;
+RESET ROLE;
+
+-- the operator sees what the consumer did, and cleans up
+SET ROLE regress_es_sub_operator;
+SELECT partition, checkpoint - :ph AS checkpoint, failed_position - :ph AS failed, attempts, last_error
+FROM eventstore.subscription_partitions WHERE subscription = 'priv-sub';
+SELECT subscription, partition, behind, attempts FROM eventstore.subscription_lag
+WHERE subscription = 'priv-sub';
+SELECT eventstore.requeue_subscription_dead_letters('priv-sub');
+SELECT eventstore.discard_subscription_dead_letters('priv-sub', '{}');
+SELECT eventstore.drop_subscription('priv-sub');
+-- and cannot consume
+SELECT * FROM eventstore.poll('priv-sub');
+RESET ROLE;
+
+-- a role with only USAGE can do none of it
+SET ROLE regress_es_plain;
+SELECT eventstore.create_subscription('priv-plain');
+SELECT * FROM eventstore.poll('priv-sub');
+SELECT eventstore.ack('priv-sub', 1);
+SELECT eventstore.nack('priv-sub', 1, 'e');
+SELECT count(*) FROM eventstore.subscription_lag;
+RESET ROLE;
+SELECT count(*) AS left_over FROM eventstore.subscriptions WHERE name LIKE 'priv%';
+DROP OWNED BY regress_es_sub_operator, regress_es_consumer, regress_es_plain;
+DROP ROLE regress_es_sub_operator, regress_es_consumer, regress_es_plain;

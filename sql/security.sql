@@ -26,7 +26,15 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.replay(text, text, bigint, bigint),
 	eventstore.add_route(text, text),
 	eventstore.remove_route(text),
-	eventstore.cloudevent_headers(eventstore.events, text)
+	eventstore.cloudevent_headers(eventstore.events, text),
+	eventstore.create_subscription(text, text, text[], jsonpath, bigint, integer, text),
+	eventstore.drop_subscription(text),
+	eventstore.poll(text, integer, interval, integer),
+	eventstore.ack(text, bigint, integer),
+	eventstore.nack(text, bigint, text, integer),
+	eventstore.requeue_subscription_dead_letters(text, bigint[]),
+	eventstore.discard_subscription_dead_letters(text, bigint[]),
+	eventstore.stream_partition(text, integer)
 	TO regress_es_hostile;
 -- and a schema of its own
 CREATE SCHEMA hostile AUTHORIZATION regress_es_hostile;
@@ -146,6 +154,34 @@ SELECT eventstore.stream_version('sec-1');
 SELECT (eventstore.cloudevent_headers(e, '/src') OPERATOR(pg_catalog.->>) 'ce_type') AS ce_type
 FROM eventstore.events e WHERE e.stream_id OPERATOR(pg_catalog.=) 'sec-2';
 SELECT eventstore.remove_route('sec');
+-- subscriptions: selection by category, event types and filter, partitions,
+-- ack, nack, dead letters (a filter that fails on sec-3's event), requeue,
+-- discard, the lag view and drop
+SELECT eventstore.append_event('sec-3', NULL, 'G', '{"n": "x"}');
+SELECT eventstore.create_subscription('sec-sub', 'sec', NULL, '$.data.n >= 1', 0, 2, 'skip');
+SELECT eventstore.create_subscription('sec-park', 'sec', '{A,C,D,G}', NULL, 0, 1, 'park');
+SELECT count(*) FROM eventstore.poll('sec-sub', 100, '0', 0);
+SELECT count(*) FROM eventstore.poll('sec-sub', 100, '0', 1);
+SELECT count(*) FROM eventstore.poll('sec-sub', 100, '1 ms');
+SELECT stream_id, attempts FROM eventstore.subscription_dead_letters;
+SELECT eventstore.ack('sec-sub', (SELECT max(global_position) FROM eventstore.events), 0);
+SELECT eventstore.ack('sec-sub', (SELECT max(global_position) FROM eventstore.events), 1);
+SELECT eventstore.requeue_subscription_dead_letters('sec-sub');
+SELECT stream_id FROM eventstore.poll('sec-sub', 10, '0',
+	(SELECT partition FROM eventstore.subscription_dead_letters));
+SELECT eventstore.nack('sec-sub', (SELECT event_position FROM eventstore.subscription_dead_letters),
+	'again');
+SELECT stream_id, last_error, requeued_at IS NULL AS back FROM eventstore.subscription_dead_letters;
+SELECT eventstore.discard_subscription_dead_letters('sec-sub',
+	ARRAY(SELECT id FROM eventstore.subscription_dead_letters));
+SELECT count(*) FROM eventstore.poll('sec-park');
+SELECT eventstore.ack('sec-park', (SELECT min(global_position) FROM eventstore.events
+	WHERE stream_id = 'sec-1'));
+SELECT eventstore.nack('sec-park', (SELECT global_position FROM eventstore.events
+	WHERE stream_id = 'sec-1' AND event_type = 'C'), 'e');
+SELECT subscription, partition, behind, attempts FROM eventstore.subscription_lag ORDER BY 1, 2;
+SELECT eventstore.drop_subscription('sec-sub');
+SELECT eventstore.drop_subscription('sec-park');
 RESET search_path;
 RESET ROLE;
 
