@@ -719,11 +719,16 @@ EsCheckNotAhead(const EsSubscription *sub, int32 partition, int64 position)
 						   partition, sub->name)));
 }
 
-/* Raise 22023: 'position' is behind the partition's checkpoint */
+/* Raise 22023: 'position' is behind the partition's checkpoint, or at it */
 static void
 EsBehindCheckpoint(const EsSubscription *sub, int32 partition, int64 position,
 				   int64 checkpoint)
 {
+	if (position == checkpoint)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position %lld is the checkpoint of partition %d of subscription \"%s\": it is acknowledged already",
+						(long long) position, partition, sub->name)));
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("position %lld is behind the checkpoint %lld of partition %d of subscription \"%s\"",
