@@ -22,6 +22,7 @@
 #include "utils/syscache.h"
 #include "catalog/pg_namespace.h"
 
+#include "compat.h"
 #include "eventstore.h"
 
 /* The OID of the eventstore schema */
@@ -219,4 +220,20 @@ EsJsonbEqual(Jsonb *a, Jsonb *b)
 {
 	return DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a),
 											JsonbPGetDatum(b)));
+}
+
+/*
+ * The wait before attempt 'attempts' + 1 of a failed delivery (relay) or
+ * event (subscriptions): exponential from eventstore.retry_backoff_initial
+ * up to eventstore.retry_backoff_max, with equal jitter
+ */
+double
+EsBackoffMs(int attempts)
+{
+	double		delay = es_retry_backoff_initial;
+
+	while (attempts-- > 0 && delay < es_retry_backoff_max)
+		delay *= 2;
+	delay = Min(delay, es_retry_backoff_max);
+	return delay / 2 + (delay / 2) * EsRandomDouble();
 }

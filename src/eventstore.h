@@ -66,6 +66,7 @@ typedef enum EsSequence
 /* horizon.c */
 extern void EsHoldHorizon(EsSequence seq);
 extern int64 EsHorizon(EsSequence seq);
+extern int64 EsLastValue(EsSequence seq);
 
 /* eventstore.c: settings */
 extern char *es_kafka_brokers;
@@ -178,5 +179,43 @@ extern PGDLLEXPORT void eventstore_relay_main(Datum arg);
 
 /* aggregate.c */
 extern int32 EsSnapshotRevision(const char *category);
+
+/* A subscription's definition (subscription.c), loaded while SPI is connected */
+typedef struct EsSubscription
+{
+	int32		id;				/* its lease locks' key */
+	char	   *name;
+	text	   *category;		/* NULL: every category */
+	Datum		event_types;	/* text[], 0: every type */
+	Datum		filter;			/* jsonpath, 0: none */
+	int32		partitions;
+	bool		park;			/* on_failure = 'park' */
+} EsSubscription;
+
+/* The most partitions a subscription has */
+#define ES_MAX_PARTITIONS 1024
+
+/* subscription.c */
+extern EsSubscription *EsLoadSubscription(text *name);
+extern void EsCheckPartition(const EsSubscription *sub, int32 partition);
+extern bool EsTakeLease(const EsSubscription *sub, int32 partition, bool wait,
+						bool *newly);
+extern void EsReleaseLease(const EsSubscription *sub, int32 partition);
+extern int32 EsHeldPartition(const EsSubscription *sub);
+extern int32 EsStreamPartition(text *stream_id, int32 partitions);
+extern void EsPrepareEvents(const EsSubscription *sub, int32 partition,
+							int64 after, int64 before, int64 limit);
+
+/* shmem.c: the wait for new events */
+extern void EsWakePollers(void);
+extern bool EsPrepareToWaitForEvents(void);
+extern void EsWaitForEvents(long timeout_ms);
+extern void EsStopWaitingForEvents(void);
+
+/* outbox.c */
+extern void EsWakePollersAtEnd(void);
+
+/* relay.c, common.c */
+extern double EsBackoffMs(int attempts);
 
 #endif							/* EVENTSTORE_H */

@@ -60,7 +60,7 @@ static const struct
 static LocalTransactionId horizon_lxid[lengthof(es_horizons)];
 
 /* The last value taken from the sequence, 0 if none yet */
-static int64
+int64
 EsLastValue(EsSequence seq)
 {
 	Oid			seqoid;
@@ -119,11 +119,14 @@ EsHoldHorizon(EsSequence seq)
 	horizon_lxid[seq] = EsMyLocalXid();
 
 	/*
-	 * Whether this transaction commits or aborts, the relay may have skipped
-	 * committed rows above our bound: wake it once our lock is gone.
+	 * Whether this transaction commits or aborts, the relay (outbox) or a
+	 * waiting poll (events) may have skipped committed rows above our bound:
+	 * wake them once our lock is gone.
 	 */
 	if (seq == ES_SEQ_OUTBOX)
 		EsWakeRelayAtCommit();
+	else
+		EsWakePollersAtEnd();
 }
 
 /*

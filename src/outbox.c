@@ -38,6 +38,9 @@
 /* Set when this transaction took the outbox horizon: wake the relay at its end */
 static bool es_wake_at_end = false;
 
+/* Set when this transaction took the events horizon: wake waiting polls at its end */
+static bool es_wake_pollers = false;
+
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Raise an error unless 'topic' is a legal Kafka topic name */
@@ -99,14 +102,27 @@ EsWakeRelayAtCommit(void)
 }
 
 /*
+ * Ask for waiting polls (subscriptions) to be woken when this transaction
+ * ends, after its locks are released, whether it commits or aborts
+ */
+void
+EsWakePollersAtEnd(void)
+{
+	es_wake_pollers = true;
+}
+
+/*
  * Transaction callback: a prepared transaction keeps its locks, so there is
- * nothing to wake the relay for until COMMIT/ROLLBACK PREPARED.
+ * nothing to wake the relay or polls for until COMMIT/ROLLBACK PREPARED.
  */
 void
 EsOutboxXactCallback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_PREPARE)
+	{
 		es_wake_at_end = false;
+		es_wake_pollers = false;
+	}
 }
 
 /*
@@ -118,10 +134,18 @@ void
 EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 						bool isTopLevel, void *arg)
 {
-	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel || !es_wake_at_end)
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
 		return;
-	es_wake_at_end = false;
-	EsWakeRelay();
+	if (es_wake_pollers)
+	{
+		es_wake_pollers = false;
+		EsWakePollers();
+	}
+	if (es_wake_at_end)
+	{
+		es_wake_at_end = false;
+		EsWakeRelay();
+	}
 }
 
 /*
@@ -140,7 +164,10 @@ EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	if (IsA(parsetree, TransactionStmt) &&
 		(((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED ||
 		 ((TransactionStmt *) parsetree)->kind == TRANS_STMT_ROLLBACK_PREPARED))
+	{
 		EsWakeRelayAtCommit();
+		EsWakePollersAtEnd();
+	}
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);

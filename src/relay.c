@@ -435,18 +435,6 @@ EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
 	return n;
 }
 
-/* The wait before attempt 'attempts' + 1: exponential, with equal jitter */
-static double
-EsBackoffMs(int attempts)
-{
-	double		delay = es_retry_backoff_initial;
-
-	while (attempts-- > 0 && delay < es_retry_backoff_max)
-		delay *= 2;
-	delay = Min(delay, es_retry_backoff_max);
-	return delay / 2 + (delay / 2) * EsRandomDouble();
-}
-
 /* A Kafka error as stored in last_error: its name, then its text */
 static char *
 EsErrorText(rd_kafka_resp_err_t err)

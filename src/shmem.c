@@ -1,14 +1,18 @@
 /*
  * shmem.c
  *		The extension's shared memory: where backends find the relay worker's
- *		latch to wake it when they commit messages.
+ *		latch to wake it when they commit messages, and the condition
+ *		variable that subscriptions' poll() waits on for new events.
  *
  * It exists only when the library is in shared_preload_libraries; without
- * it there is no relay to wake and EsWakeRelay() does nothing.
+ * it there is no relay to wake, EsWakeRelay() does nothing and a waiting
+ * poll() looks again every ES_POLL_RECHECK_MS instead.
  */
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -23,7 +27,11 @@ typedef struct EsShared
 	slock_t		mutex;
 	Latch	   *relay_latch;	/* the relay's latch, NULL while none runs */
 	EsRelayStats stats;			/* what relay_status() shows */
+	ConditionVariable events_cv;	/* broadcast when appends end */
 } EsShared;
+
+/* How often a waiting poll() looks again without shared memory */
+#define ES_POLL_RECHECK_MS 20
 
 static EsShared *es_shared = NULL;
 
@@ -59,6 +67,7 @@ EsShmemStartup(void)
 		SpinLockInit(&es_shared->mutex);
 		es_shared->relay_latch = NULL;
 		memset(&es_shared->stats, 0, sizeof(EsRelayStats));
+		ConditionVariableInit(&es_shared->events_cv);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -175,4 +184,57 @@ EsWakeRelay(void)
 	SpinLockRelease(&es_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * Wake every poll() waiting for events.  Called after a transaction that
+ * appended released its locks (so its horizon lock no longer holds anything
+ * back); like EsWakeRelay it must not raise an error.
+ */
+void
+EsWakePollers(void)
+{
+	if (es_shared != NULL)
+		ConditionVariableBroadcast(&es_shared->events_cv);
+}
+
+/*
+ * Before looking for events: from now on, a transaction that ends with
+ * appends wakes the next EsWaitForEvents().  False without shared memory.
+ */
+bool
+EsPrepareToWaitForEvents(void)
+{
+	if (es_shared == NULL)
+		return false;
+	ConditionVariablePrepareToSleep(&es_shared->events_cv);
+	return true;
+}
+
+/*
+ * Sleep until a transaction with appends ends (or anything else sets our
+ * latch), at most 'timeout_ms'; without shared memory at most
+ * ES_POLL_RECHECK_MS.  Interrupts are served.
+ */
+void
+EsWaitForEvents(long timeout_ms)
+{
+	if (es_shared != NULL)
+	{
+		(void) ConditionVariableTimedSleep(&es_shared->events_cv, timeout_ms,
+										   PG_WAIT_EXTENSION);
+		return;
+	}
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 Min(timeout_ms, ES_POLL_RECHECK_MS), PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/* Done waiting (EsPrepareToWaitForEvents) */
+void
+EsStopWaitingForEvents(void)
+{
+	if (es_shared != NULL)
+		ConditionVariableCancelSleep();
 }

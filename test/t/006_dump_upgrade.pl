@@ -1,8 +1,9 @@
 # Backup and upgrades.  A pg_dump of a database with the extension restores
-# into one where appends, read_all positions and outbox ids go on from where
-# they were, with no manual setval.  ALTER EXTENSION eventstore UPDATE from
-# 0.1.0 keeps data, positions, routes and outbox rows, and leaves the same
-# objects as a fresh install of the current version.
+# into one where appends, read_all positions, outbox ids and subscriptions'
+# checkpoints go on from where they were, with no manual setval.  ALTER
+# EXTENSION eventstore UPDATE from 0.1.0 and from 0.2.0 keeps data,
+# positions, routes and outbox rows, and leaves the same objects as a fresh
+# install of the current version.
 use strict;
 use warnings;
 
@@ -31,6 +32,14 @@ sub write_history
 $node->safe_psql('postgres', 'CREATE DATABASE src');
 $node->safe_psql('src', 'CREATE EXTENSION eventstore');
 write_history('src');
+# A subscription that consumed the first two events
+$node->safe_psql('src', q{
+	SELECT eventstore.create_subscription('orders', 'order');
+	BEGIN;
+	SELECT count(*) FROM eventstore.poll('orders', 1);
+	SELECT eventstore.ack('orders', 1);
+	COMMIT;
+});
 my ($last_pos, $last_outbox) = split /\|/, $node->safe_psql('src',
 	'SELECT (SELECT max(global_position) FROM eventstore.events), (SELECT max(id) FROM eventstore.outbox)');
 
@@ -54,21 +63,33 @@ is($node->safe_psql('dst', "SELECT eventstore.publish('mail', 'k-2', '{}') > $la
 	't', 'new outbox ids follow the restored ones');
 is($node->safe_psql('dst', "SELECT string_agg(message_key, ',' ORDER BY id) FROM eventstore.outbox"),
 	'order-1,order-1,k-1,order-1,order-2,k-2', 'routed events and messages restored and enqueued in order');
+is($node->safe_psql('dst', q{SELECT string_agg(stream_id || ':' || stream_version, ',' ORDER BY global_position)
+	FROM eventstore.poll('orders', 10)}), 'order-1:2,order-1:3,order-2:1',
+	'a restored subscription goes on after its checkpoint');
 
-# 2. Update from 0.1.0
-$node->safe_psql('postgres', 'CREATE DATABASE old');
-$node->safe_psql('old', q{CREATE EXTENSION eventstore VERSION '0.1.0'});
-write_history('old');
-$node->safe_psql('old', 'ALTER EXTENSION eventstore UPDATE');
-is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'eventstore'}),
-	'0.2.0', 'updated to 0.2.0');
-is($node->safe_psql('old', q{SELECT string_agg(stream_id || ':' || stream_version, ',' ORDER BY global_position)
-	FROM eventstore.read_all()}), 'order-1:1,order-1:2,cart-1:1', 'events kept, in position order');
-is($node->safe_psql('old', q{SELECT eventstore.append_event('order-1', 2, 'Shipped', '{}')}),
-	'3', 'appends go on after the update');
-is($node->safe_psql('old', q{SELECT string_agg(topic || '/' || message_key, ',' ORDER BY id) FROM eventstore.outbox}),
-	'orders/order-1,orders/order-1,mail/k-1,orders/order-1', 'routes and outbox rows carry on');
-is($node->safe_psql('old', q{SELECT eventstore.stream_version('order-1')}), '3', 'stream head kept');
+# 2. Update from 0.1.0, and from 0.2.0
+for my $from ('0.1.0', '0.2.0')
+{
+	my $db = 'old_' . ($from =~ tr/./_/r);
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, qq{CREATE EXTENSION eventstore VERSION '$from'});
+	write_history($db);
+	$node->safe_psql($db, 'ALTER EXTENSION eventstore UPDATE');
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'eventstore'}),
+		'0.3.0', "updated from $from to 0.3.0");
+	is($node->safe_psql($db, q{SELECT string_agg(stream_id || ':' || stream_version, ',' ORDER BY global_position)
+		FROM eventstore.read_all()}), 'order-1:1,order-1:2,cart-1:1', "$from: events kept, in position order");
+	is($node->safe_psql($db, q{SELECT eventstore.append_event('order-1', 2, 'Shipped', '{}')}),
+		'3', "$from: appends go on after the update");
+	is($node->safe_psql($db, q{SELECT string_agg(topic || '/' || message_key, ',' ORDER BY id) FROM eventstore.outbox}),
+		'orders/order-1,orders/order-1,mail/k-1,orders/order-1', "$from: routes and outbox rows carry on");
+	is($node->safe_psql($db, q{SELECT eventstore.stream_version('order-1')}), '3', "$from: stream head kept");
+	$node->safe_psql($db, q{SELECT eventstore.create_subscription('all')});
+	is($node->safe_psql($db, q{
+		SELECT string_agg(stream_id || ':' || stream_version, ',' ORDER BY global_position)
+		FROM eventstore.poll('all', 10)}), 'order-1:1,order-1:2,cart-1:1,order-1:3',
+		"$from: subscriptions work after the update");
+}
 
 # The updated schema is the fresh install's: every object, definition,
 # privilege and dump mark
@@ -114,10 +135,11 @@ my $catalog = q{
 	) l ORDER BY line};
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION eventstore');
-my $updated = $node->safe_psql('old', $catalog);
 my $fresh = $node->safe_psql('fresh', $catalog);
 cmp_ok(scalar(split /\n/, $fresh), '>', 50, 'the catalog listing covers the schema');
-is($updated, $fresh, 'the updated schema equals a fresh install of 0.2.0');
+like($fresh, qr/relation eventstore\.subscription_partitions/, 'the listing covers the subscriptions');
+is($node->safe_psql('old_0_1_0', $catalog), $fresh, 'updated from 0.1.0: the schema equals a fresh install of 0.3.0');
+is($node->safe_psql('old_0_2_0', $catalog), $fresh, 'updated from 0.2.0: the schema equals a fresh install of 0.3.0');
 like($fresh, qr/dumped eventstore\.events_global_position_seq/, 'the position sequence is dumped');
 
 $node->stop;
