@@ -107,6 +107,8 @@ my %consumer_h = map { $_ => start_consumer($_) } 1 .. 3;
 # few batches it is killed between poll and ack.
 my $poller = $node->background_psql('postgres');
 my $recorder = $node->background_psql('postgres');
+# their timeouts apply to each query, not to the sessions
+$_->set_query_timer_restart for $poller, $recorder;
 my $poller_pid = $poller->query_safe('SELECT pg_backend_pid()');
 
 # Poll one batch on the poller (transaction left open) and record it with the
@@ -194,6 +196,7 @@ eval { $poller->{run}->finish; };
 ok($node->poll_query_until('postgres',
 		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $poller_pid)"),
 	"consumer 4's backend ended");
+$recorder->quit;
 $consumer_h{5} = start_consumer(5);
 
 # Wait until the writers are done and every event was consumed
@@ -332,8 +335,6 @@ is($node->safe_psql('postgres', qq{
 	SELECT count(*) FROM generate_series(0, @{[ $partitions - 1 ]}) p,
 		eventstore.poll('s', 10, '0', p) e}),
 	'0', 'a last poll of each partition finds nothing');
-$poller = undef;
-$recorder->quit;
 
 # 2. Retries and dead letters
 $node->safe_psql('postgres', q{
