@@ -63,6 +63,14 @@ RETURNS integer
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'eventstore_stream_partition';
 
+-- Whether a stream is in that partition: the test poll's scan applies (a
+-- boolean function, so that the planner does not take it for a rare value
+-- and scan the whole table instead of walking positions in order).
+CREATE FUNCTION eventstore.in_partition(stream_id text, partitions integer, partition integer)
+RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'eventstore_in_partition';
+
 CREATE FUNCTION eventstore.create_subscription(name text, category text DEFAULT NULL,
 	event_types text[] DEFAULT NULL, filter jsonpath DEFAULT NULL,
 	start_position bigint DEFAULT 0, partitions integer DEFAULT 1,
@@ -104,7 +112,9 @@ AS 'MODULE_PATHNAME', 'eventstore_discard_subscription_dead_letters';
 -- Per subscription and partition: how far behind it is and who consumes it.
 -- 'behind' counts the matching events after the checkpoint (its cost grows
 -- with the backlog); 'pid' is the backend whose transaction holds the lease.
-CREATE VIEW eventstore.subscription_lag AS
+-- It reads the events with its reader's rights (security_invoker), so that
+-- a filter cannot be used to learn what events hold without SELECT on them.
+CREATE VIEW eventstore.subscription_lag WITH (security_invoker = true) AS
 	SELECT s.name AS subscription, p.partition, p.checkpoint, h.head,
 		   b.behind,
 		   pg_catalog.now() - b.oldest AS oldest_age,
@@ -130,6 +140,7 @@ CREATE VIEW eventstore.subscription_lag AS
 
 REVOKE ALL ON FUNCTION
 	eventstore.stream_partition(text, integer),
+	eventstore.in_partition(text, integer, integer),
 	eventstore.create_subscription(text, text, text[], jsonpath, bigint, integer, text),
 	eventstore.drop_subscription(text),
 	eventstore.poll(text, integer, interval, integer),

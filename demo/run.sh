@@ -41,6 +41,13 @@ bench_psql -c "SELECT eventstore.append_event('order-42', 2, 'OrderCancelled', '
 bench_psql -e <<'SQL'
 SELECT stream_version, event_type, data FROM eventstore.read_stream('order-42');
 SELECT version, jsonb_array_length(events) AS events_to_fold FROM eventstore.load_aggregate('order-42');
+-- a subscription: a consumer gets the payments, in order, and acknowledges them
+SELECT eventstore.create_subscription('billing', 'order', event_types => '{OrderPaid}');
+BEGIN;
+SELECT global_position, stream_id, event_type, data FROM eventstore.poll('billing', wait => '1s');
+SELECT eventstore.ack('billing', 3);
+COMMIT;
+SELECT subscription, partition, checkpoint, behind FROM eventstore.subscription_lag;
 -- any message, in the same transaction as your own writes
 SELECT eventstore.publish('notifications', 'customer-7', '{"text": "your order is paid"}', '{"x-tenant": "acme"}');
 SQL

@@ -1,7 +1,9 @@
 /*
  * compat.h
- *		Differences between the PostgreSQL major versions eventstore builds
- *		against (13 to 17; only 15 is tested).
+ *		Differences between the PostgreSQL major versions eventstore's C code
+ *		builds against (14 to 17: poll needs SPI_execute_plan_extended; only
+ *		15 is tested).  The install script of 0.3.0 needs 15 or later:
+ *		eventstore.subscription_lag is a security_invoker view.
  */
 #ifndef EVENTSTORE_COMPAT_H
 #define EVENTSTORE_COMPAT_H

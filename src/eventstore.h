@@ -9,6 +9,7 @@
 
 #include "access/xact.h"
 #include "executor/spi.h"
+#include "tcop/dest.h"
 #include "storage/latch.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
@@ -204,7 +205,8 @@ extern void EsReleaseLease(const EsSubscription *sub, int32 partition);
 extern int32 EsHeldPartition(const EsSubscription *sub);
 extern int32 EsStreamPartition(text *stream_id, int32 partitions);
 extern void EsPrepareEvents(const EsSubscription *sub, int32 partition,
-							int64 after, int64 before, int64 limit);
+							int64 after, int64 before, int64 limit,
+							DestReceiver *dest);
 
 /* shmem.c: the wait for new events */
 extern void EsWakePollers(void);

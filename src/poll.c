@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -43,6 +44,21 @@
  */
 #define ES_ADVANCE_GAP 1000
 
+/*
+ * Events the candidate query of a poll without a partition looks at, per
+ * partition: enough to find each busy partition, few enough that a backlog
+ * costs little
+ */
+#define ES_CANDIDATE_SCAN 8
+
+/* The partition this transaction's last poll without a partition claimed */
+static struct
+{
+	LocalTransactionId lxid;
+	int32		sub_id;
+	int32		partition;
+}			es_claim;
+
 /* What one poll of one partition found */
 typedef struct EsPollResult
 {
@@ -60,6 +76,7 @@ typedef struct EsPartitionState
 	TimestampTz next_attempt_at;	/* 0: none */
 	TimestampTz first_failed_at;	/* 0: none */
 	int64		parked_at;		/* 0: not parked, else the dead letter's position */
+	bool		requeued;		/* it has requeued dead letters */
 } EsPartitionState;
 
 /* Read a partition's row (SPI connected, as the owner, lease held) */
@@ -84,7 +101,11 @@ EsReadPartition(const EsSubscription *sub, int32 partition, EsPartitionState *st
 					 " WHERE d.subscription OPERATOR(pg_catalog.=) p.subscription"
 					 " AND d.partition OPERATOR(pg_catalog.=) p.partition"
 					 " AND d.requeued_at IS NULL"
-					 " AND d.event_position OPERATOR(pg_catalog.>) p.checkpoint)"
+					 " AND d.event_position OPERATOR(pg_catalog.>) p.checkpoint),"
+					 " EXISTS (SELECT FROM eventstore.subscription_dead_letters d"
+					 " WHERE d.subscription OPERATOR(pg_catalog.=) p.subscription"
+					 " AND d.partition OPERATOR(pg_catalog.=) p.partition"
+					 " AND d.requeued_at IS NOT NULL)"
 					 " FROM eventstore.subscription_partitions p"
 					 " WHERE p.subscription OPERATOR(pg_catalog.=) $1"
 					 " AND p.partition OPERATOR(pg_catalog.=) $2",
@@ -106,38 +127,120 @@ EsReadPartition(const EsSubscription *sub, int32 partition, EsPartitionState *st
 	d = SPI_getbinval(tuple, desc, 5, &isnull);
 	st->first_failed_at = isnull ? 0 : DatumGetTimestampTz(d);
 	d = SPI_getbinval(tuple, desc, 6, &isnull);
-	st->parked_at = isnull ? 0 : DatumGetInt64(d);
+	/* Only park mode holds a partition at a dead letter */
+	st->parked_at = isnull || !sub->park ? 0 : DatumGetInt64(d);
+	st->requeued = DatumGetBool(SPI_getbinval(tuple, desc, 7, &isnull));
 }
 
-/* Append the first ES_EVENT_COLUMNS columns of each SPI row to the result */
+/*
+ * Append the event of an SPI row (its first ES_EVENT_COLUMNS columns) to
+ * the result.  The row is deformed once: fetching column by column would
+ * walk the variable-width columns again for each.
+ */
 static void
 EsReturnEvent(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc)
 {
-	Datum		values[ES_EVENT_COLUMNS];
-	bool		nulls[ES_EVENT_COLUMNS];
-	int			i;
+	Datum		values[ES_EVENT_COLUMNS + 1];
+	bool		nulls[ES_EVENT_COLUMNS + 1];
 
-	for (i = 0; i < ES_EVENT_COLUMNS; i++)
-		values[i] = SPI_getbinval(tuple, desc, i + 1, &nulls[i]);
+	if (desc->natts > ES_EVENT_COLUMNS + 1)
+		elog(ERROR, "unexpected row of %d columns", desc->natts);
+	heap_deform_tuple(tuple, desc, values, nulls);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
 /*
- * Return the requeued dead letters of a partition, oldest first, at most
- * 'limit', marking them delivered (ack removes delivered ones)
+ * The receiver of a poll's scan: it appends each event to the result, and
+ * stops the scan at the first event the filter failed on, keeping a copy.
+ */
+typedef struct EsEventReceiver
+{
+	DestReceiver pub;
+	Tuplestorestate *store;
+	TupleDesc	desc;			/* the result's: eventstore.events */
+	MemoryContext cxt;			/* where the copy of a failed event lives */
+	int64		stored;
+	HeapTuple	failed;			/* the event the filter failed on, or NULL */
+	TupleDesc	failed_desc;
+	int64		failed_position;
+	text	   *failed_stream;
+} EsEventReceiver;
+
+/* EsEventReceiver: one row of the scan */
+static bool
+EsReceiveEvent(TupleTableSlot *slot, DestReceiver *self)
+{
+	EsEventReceiver *r = (EsEventReceiver *) self;
+
+	if (slot->tts_tupleDescriptor->natts > ES_EVENT_COLUMNS)
+	{
+		/* With a filter: the verdict follows the event's columns */
+		slot_getallattrs(slot);
+		if (slot->tts_isnull[ES_EVENT_COLUMNS])
+		{
+			MemoryContext old = MemoryContextSwitchTo(r->cxt);
+
+			r->failed = ExecCopySlotHeapTuple(slot);
+			r->failed_desc = CreateTupleDescCopy(slot->tts_tupleDescriptor);
+			r->failed_position = DatumGetInt64(slot->tts_values[0]);
+			r->failed_stream = DatumGetTextPCopy(slot->tts_values[1]);
+			MemoryContextSwitchTo(old);
+			return false;		/* stop the scan here */
+		}
+		tuplestore_putvalues(r->store, r->desc, slot->tts_values, slot->tts_isnull);
+	}
+	else
+		tuplestore_puttupleslot(r->store, slot);
+	r->stored++;
+	return true;
+}
+
+/* EsEventReceiver: nothing to do at the start and end of the scan */
+static void
+EsReceiverStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+/* EsEventReceiver: see EsReceiverStartup */
+static void
+EsReceiverNoop(DestReceiver *self)
+{
+}
+
+/* Set up a receiver that appends to the poll's result */
+static void
+EsInitReceiver(EsEventReceiver *r, ReturnSetInfo *rsinfo)
+{
+	memset(r, 0, sizeof(EsEventReceiver));
+	r->pub.receiveSlot = EsReceiveEvent;
+	r->pub.rStartup = EsReceiverStartup;
+	r->pub.rShutdown = EsReceiverNoop;
+	r->pub.rDestroy = EsReceiverNoop;
+	r->pub.mydest = DestNone;
+	r->store = rsinfo->setResult;
+	r->desc = rsinfo->setDesc;
+	r->cxt = CurrentMemoryContext;
+}
+
+/*
+ * Return the requeued dead letters of a partition at or before its
+ * checkpoint, oldest first, at most 'limit', marking them delivered (ack
+ * removes delivered ones).  Those after the checkpoint come in order with
+ * the partition's events (EsFilterFailure).
  */
 static int64
-EsPollRequeued(const EsSubscription *sub, int32 partition, int64 limit,
-			   ReturnSetInfo *rsinfo)
+EsPollRequeued(const EsSubscription *sub, int32 partition, int64 checkpoint,
+			   int64 limit, ReturnSetInfo *rsinfo)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[3] = {TEXTOID, INT4OID, INT8OID};
-	Datum		values[3];
+	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
+	Datum		values[4];
 	uint64		i;
 
 	values[0] = CStringGetTextDatum(sub->name);
 	values[1] = Int32GetDatum(partition);
 	values[2] = Int64GetDatum(limit);
+	values[3] = Int64GetDatum(checkpoint);
 	EsSpiExec(EsPlan(&plan,
 					 "WITH r AS (UPDATE eventstore.subscription_dead_letters d"
 					 " SET delivered_at = pg_catalog.now()"
@@ -145,12 +248,13 @@ EsPollRequeued(const EsSubscription *sub, int32 partition, int64 limit,
 					 " SELECT d2.id FROM eventstore.subscription_dead_letters d2"
 					 " WHERE d2.subscription OPERATOR(pg_catalog.=) $1"
 					 " AND d2.partition OPERATOR(pg_catalog.=) $2 AND d2.requeued_at IS NOT NULL"
+					 " AND d2.event_position OPERATOR(pg_catalog.<=) $4"
 					 " ORDER BY d2.event_position LIMIT $3))"
 					 " RETURNING d.event_position)"
 					 " SELECT e.* FROM eventstore.events e JOIN r"
 					 " ON e.global_position OPERATOR(pg_catalog.=) r.event_position"
 					 " ORDER BY e.global_position",
-					 3, argtypes),
+					 4, argtypes),
 			  values, NULL, false, SPI_OK_SELECT);
 	for (i = 0; i < SPI_processed; i++)
 		EsReturnEvent(rsinfo, SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -193,6 +297,39 @@ EsDeadLetter(const EsSubscription *sub, int32 partition, int64 position,
 			  values, nulls, false, SPI_OK_INSERT);
 }
 
+/*
+ * The filter failed on the event at 'position': true when it is a requeued
+ * dead letter, to be delivered without the filter (marked delivered); else
+ * it becomes a dead letter, if it is not one already
+ */
+static bool
+EsFilterFailure(const EsSubscription *sub, int32 partition, int64 position,
+				text *stream_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, TEXTOID};
+	Datum		values[4];
+
+	values[0] = CStringGetTextDatum(sub->name);
+	values[1] = Int32GetDatum(partition);
+	values[2] = Int64GetDatum(position);
+	values[3] = PointerGetDatum(stream_id);
+	EsSpiExec(EsPlan(&plan,
+					 "WITH dead AS (INSERT INTO eventstore.subscription_dead_letters"
+					 " (subscription, partition, event_position, stream_id, attempts, last_error,"
+					 " first_failed_at, last_failed_at)"
+					 " VALUES ($1, $2, $3, $4, 1,"
+					 " 'the subscription''s filter is neither true nor false on this event',"
+					 " pg_catalog.now(), pg_catalog.now())"
+					 " ON CONFLICT (subscription, event_position) DO NOTHING)"
+					 " UPDATE eventstore.subscription_dead_letters SET delivered_at = pg_catalog.now()"
+					 " WHERE subscription OPERATOR(pg_catalog.=) $1"
+					 " AND event_position OPERATOR(pg_catalog.=) $3 AND requeued_at IS NOT NULL",
+					 4, argtypes),
+			  values, NULL, false, SPI_OK_UPDATE);
+	return SPI_processed > 0;
+}
+
 /* Move a partition's checkpoint up to 'position' and clear its failure */
 static void
 EsSetCheckpoint(const EsSubscription *sub, int32 partition, int64 position,
@@ -230,9 +367,8 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	EsPollResult res = {0, false, 0};
 	EsPartitionState st;
 	int64		before;
-	uint64		nrows;
-	uint64		i;
-	SPITupleTable *rows;
+	int64		after;
+	bool		scanned_any = false;
 
 	EsReadPartition(sub, partition, &st);
 	if (st.next_attempt_at != 0 && st.next_attempt_at > GetCurrentTimestamp())
@@ -241,47 +377,53 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 		res.retry_at = st.next_attempt_at;
 		return res;
 	}
-	res.count = EsPollRequeued(sub, partition, max_count, rsinfo);
-	res.wrote = res.count > 0;
-	if (res.count >= max_count)
-		return res;
+	if (st.requeued)
+	{
+		res.count = EsPollRequeued(sub, partition, st.checkpoint, max_count, rsinfo);
+		res.wrote = res.count > 0;
+		if (res.count >= max_count)
+			return res;
+	}
 
-	/* Never past the horizon, nor past a dead letter the partition is parked at */
+	/*
+	 * The events after the checkpoint, never past the horizon nor past a dead
+	 * letter the partition is parked at.  The scan stops at an event the
+	 * filter fails on, which is handled and the scan goes on after it.
+	 */
 	before = horizon;
 	if (st.parked_at != 0 && st.parked_at < before)
 		before = st.parked_at;
-	EsPrepareEvents(sub, partition, st.checkpoint, before, max_count - res.count);
-	rows = SPI_tuptable;
-	nrows = SPI_processed;
-	for (i = 0; i < nrows; i++)
+	after = st.checkpoint;
+	for (;;)
 	{
-		HeapTuple	tuple = rows->vals[i];
-		bool		verdict_null;
+		EsEventReceiver r;
 
-		(void) SPI_getbinval(tuple, rows->tupdesc, ES_EVENT_COLUMNS + 1, &verdict_null);
-		if (verdict_null)
+		EsInitReceiver(&r, rsinfo);
+		EsPrepareEvents(sub, partition, after, before, max_count - res.count, &r.pub);
+		res.count += r.stored;
+		scanned_any = scanned_any || r.stored > 0 || r.failed != NULL;
+		if (r.failed == NULL)
+			break;
+
+		/* A failure of the subscription, unless an operator requeued it */
+		res.wrote = true;
+		if (EsFilterFailure(sub, partition, r.failed_position, r.failed_stream))
 		{
-			/* The filter failed on this event: a failure of the subscription */
-			bool		isnull;
-			int64		position = DatumGetInt64(SPI_getbinval(tuple, rows->tupdesc, 1, &isnull));
-			text	   *stream_id = DatumGetTextPP(SPI_getbinval(tuple, rows->tupdesc, 2, &isnull));
-
-			EsDeadLetter(sub, partition, position, stream_id, 1,
-						 "the subscription's filter is neither true nor false on this event", 0);
-			res.wrote = true;
-			if (sub->park)
-				break;
-			continue;
+			EsReturnEvent(rsinfo, r.failed, r.failed_desc);
+			res.count++;
 		}
-		EsReturnEvent(rsinfo, tuple, rows->tupdesc);
-		res.count++;
+		else if (sub->park)
+			break;
+		if (res.count >= max_count)
+			break;
+		after = r.failed_position;
 	}
 
 	/*
 	 * Nothing matched up to the horizon: remember that, so that the next
 	 * poll does not read the same events again
 	 */
-	if (nrows == 0 && res.count == 0 && before == horizon &&
+	if (!scanned_any && res.count == 0 && before == horizon &&
 		horizon - 1 - st.checkpoint >= ES_ADVANCE_GAP)
 	{
 		EsSetCheckpoint(sub, partition, horizon - 1, false);
@@ -291,8 +433,79 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 }
 
 /*
+ * The partitions that may have something to deliver below 'horizon': those
+ * with events after the smallest checkpoint or with requeued dead letters,
+ * as an array of flags; NULL when there are too many events to look at
+ * (then every partition may).  A poll that lets the partition be chosen
+ * looks only at these, so that a wait on a subscription of many partitions
+ * costs a query or two per wake-up, not several per partition.
+ */
+static bool *
+EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
+{
+	static SPIPlanPtr plans[4];
+	static SPIPlanPtr requeued_plan = NULL;
+	Oid			argtypes[6] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8OID};
+	Datum		values[6];
+	char		nulls[6] = "      ";
+	int64		limit = (int64) Max(64, ES_CANDIDATE_SCAN * sub->partitions);
+	int			shape = (sub->category ? 1 : 0) | (sub->event_types ? 2 : 0);
+	bool	   *flags;
+	bool		isnull;
+	uint64		i;
+
+	if (plans[shape] == NULL)
+	{
+		StringInfoData sql;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT eventstore.stream_partition(e.stream_id, $3)"
+						 " FROM eventstore.events e"
+						 " WHERE e.global_position OPERATOR(pg_catalog.>)"
+						 " (SELECT pg_catalog.min(p.checkpoint) FROM eventstore.subscription_partitions p"
+						 " WHERE p.subscription OPERATOR(pg_catalog.=) $1)"
+						 " AND e.global_position OPERATOR(pg_catalog.<) $2%s%s"
+						 " ORDER BY e.global_position LIMIT $6",
+						 sub->category ? " AND e.category OPERATOR(pg_catalog.=) $4" : "",
+						 sub->event_types ? " AND e.event_type OPERATOR(pg_catalog.=) ANY ($5)" : "");
+		EsPlan(&plans[shape], sql.data, 6, argtypes);
+	}
+	values[0] = CStringGetTextDatum(sub->name);
+	values[1] = Int64GetDatum(horizon);
+	values[2] = Int32GetDatum(sub->partitions);
+	values[3] = PointerGetDatum(sub->category);
+	nulls[3] = sub->category ? ' ' : 'n';
+	values[4] = sub->event_types;
+	nulls[4] = sub->event_types ? ' ' : 'n';
+	values[5] = Int64GetDatum(limit);
+	EsSpiExec(plans[shape], values, nulls, false, SPI_OK_SELECT);
+	if (SPI_processed >= (uint64) limit)
+		return NULL;
+	flags = palloc0(sizeof(bool) * sub->partitions);
+	for (i = 0; i < SPI_processed; i++)
+		flags[DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+										  1, &isnull))] = true;
+
+	EsSpiExec(EsPlan(&requeued_plan,
+					 "SELECT DISTINCT partition FROM eventstore.subscription_dead_letters"
+					 " WHERE subscription OPERATOR(pg_catalog.=) $1 AND requeued_at IS NOT NULL",
+					 1, argtypes),
+			  values, NULL, false, SPI_OK_SELECT);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (p >= 0 && p < sub->partitions)
+			flags[p] = true;
+	}
+	return flags;
+}
+
+/*
  * Poll once (SPI connected, as the owner): the given partition, or the one
- * this transaction holds, or else the first free partition with something
+ * this transaction claimed, or else the first free partition with something
  * to deliver.  *retry_at: the earliest retry of a partition looked at.
  */
 static int64
@@ -302,12 +515,14 @@ EsPollOnce(const EsSubscription *sub, int32 partition, int64 max_count,
 	int64		horizon;
 	EsPollResult res;
 	bool		newly;
+	bool	   *candidates;
 	int32		start;
 	int32		i;
 
 	*retry_at = 0;
 	if (partition < 0)
-		partition = EsHeldPartition(sub);
+		partition = es_claim.lxid == EsMyLocalXid() && es_claim.sub_id == sub->id ?
+			es_claim.partition : EsHeldPartition(sub);
 	if (partition >= 0)
 	{
 		(void) EsTakeLease(sub, partition, true, &newly);
@@ -319,16 +534,24 @@ EsPollOnce(const EsSubscription *sub, int32 partition, int64 max_count,
 
 	/* Claim a free partition, starting at a random one to spread consumers */
 	horizon = EsHorizon(ES_SEQ_EVENTS);
+	candidates = sub->partitions > 1 ? EsCandidatePartitions(sub, horizon) : NULL;
 	start = (int32) (EsRandomDouble() * sub->partitions) % sub->partitions;
 	for (i = 0; i < sub->partitions; i++)
 	{
 		int32		p = (start + i) % sub->partitions;
 
+		if (candidates != NULL && !candidates[p])
+			continue;
 		if (!EsTakeLease(sub, p, false, &newly))
 			continue;
 		res = EsPollPartition(sub, p, horizon, max_count, rsinfo);
 		if (res.count > 0)
+		{
+			es_claim.lxid = EsMyLocalXid();
+			es_claim.sub_id = sub->id;
+			es_claim.partition = p;
 			return res.count;
+		}
 		if (res.retry_at != 0 && (*retry_at == 0 || res.retry_at < *retry_at))
 			*retry_at = res.retry_at;
 		/* Keep a partition this transaction wrote to; give back the others */
@@ -375,6 +598,7 @@ eventstore_poll(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("subscription must not be null")));
 	name = PG_GETARG_TEXT_PP(0);
+	EsCheckKeyLength("subscription", VARSIZE_ANY_EXHDR(name));
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -507,26 +731,31 @@ EsBehindCheckpoint(const EsSubscription *sub, int32 partition, int64 position,
 }
 
 /*
- * Mark the requeued dead letters of a partition at or below 'position' that
- * poll delivered as done (all of them when 'all'); how many
+ * Requeued dead letters of a partition that an ack of 'position' settles
+ * leave the table: those poll delivered at or below 'position' when it is
+ * behind the checkpoint; else every delivered one, and every one after the
+ * checkpoint up to 'position'.  How many.
  */
 static uint64
-EsAckRequeued(const EsSubscription *sub, int32 partition, int64 position, bool all)
+EsAckRequeued(const EsSubscription *sub, int32 partition, int64 position,
+			  int64 checkpoint)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, BOOLOID};
+	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
 	Datum		values[4];
 
 	values[0] = CStringGetTextDatum(sub->name);
 	values[1] = Int32GetDatum(partition);
 	values[2] = Int64GetDatum(position);
-	values[3] = BoolGetDatum(all);
+	values[3] = Int64GetDatum(checkpoint);
 	EsSpiExec(EsPlan(&plan,
 					 "DELETE FROM eventstore.subscription_dead_letters"
 					 " WHERE subscription OPERATOR(pg_catalog.=) $1"
-					 " AND partition OPERATOR(pg_catalog.=) $2"
-					 " AND requeued_at IS NOT NULL AND delivered_at IS NOT NULL"
-					 " AND ($4 OR event_position OPERATOR(pg_catalog.<=) $3)",
+					 " AND partition OPERATOR(pg_catalog.=) $2 AND requeued_at IS NOT NULL"
+					 " AND CASE WHEN $3 OPERATOR(pg_catalog.<) $4"
+					 " THEN delivered_at IS NOT NULL AND event_position OPERATOR(pg_catalog.<=) $3"
+					 " ELSE delivered_at IS NOT NULL OR (event_position OPERATOR(pg_catalog.>) $4"
+					 " AND event_position OPERATOR(pg_catalog.<=) $3) END",
 					 4, argtypes),
 			  values, NULL, false, SPI_OK_DELETE);
 	return SPI_processed;
@@ -545,6 +774,7 @@ EsCheckAckArgs(FunctionCallInfo fcinfo, text **name, int64 *position)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("position must not be null")));
 	*name = PG_GETARG_TEXT_PP(0);
+	EsCheckKeyLength("subscription", VARSIZE_ANY_EXHDR(*name));
 	*position = PG_GETARG_INT64(1);
 }
 
@@ -577,13 +807,15 @@ eventstore_ack(PG_FUNCTION_ARGS)
 	if (position < st.checkpoint)
 	{
 		/* Only requeued dead letters poll returned can be behind it */
-		if (EsAckRequeued(sub, partition, position, false) == 0)
+		if (!st.requeued ||
+			EsAckRequeued(sub, partition, position, st.checkpoint) == 0)
 			EsBehindCheckpoint(sub, partition, position, st.checkpoint);
 	}
 	else
 	{
 		EsCheckNotAhead(sub, partition, position);
-		(void) EsAckRequeued(sub, partition, position, true);
+		if (st.requeued)
+			(void) EsAckRequeued(sub, partition, position, st.checkpoint);
 		if (position > st.checkpoint)
 			EsSetCheckpoint(sub, partition, position, true);
 	}
@@ -634,7 +866,6 @@ eventstore_nack(PG_FUNCTION_ARGS)
 	(void) EsTakeLease(sub, partition, true, &newly);
 	EsReadPartition(sub, partition, &st);
 
-	if (position <= st.checkpoint)
 	{
 		/* A requeued dead letter that failed again goes straight back */
 		Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, TEXTOID};
@@ -655,12 +886,18 @@ eventstore_nack(PG_FUNCTION_ARGS)
 						 " AND requeued_at IS NOT NULL",
 						 4, argtypes),
 				  values, NULL, false, SPI_OK_UPDATE);
-		if (SPI_processed == 0)
-			EsBehindCheckpoint(sub, partition, position, st.checkpoint);
-		EsRestoreUser(&saved);
-		SPI_finish();
-		PG_RETURN_VOID();
+		if (SPI_processed > 0)
+		{
+			/* After the checkpoint: the partition moves on, or parks at it */
+			if (position > st.checkpoint)
+				EsSetCheckpoint(sub, partition, sub->park ? position - 1 : position, true);
+			EsRestoreUser(&saved);
+			SPI_finish();
+			PG_RETURN_VOID();
+		}
 	}
+	if (position <= st.checkpoint)
+		EsBehindCheckpoint(sub, partition, position, st.checkpoint);
 	EsCheckNotAhead(sub, partition, position);
 
 	attempts = st.failed_position == position ? st.attempts + 1 : 1;

@@ -15,7 +15,10 @@
  * the top transaction's resource owner, so it is held until the transaction
  * ends whatever savepoints do, and is freed when its backend dies.  pg_locks
  * shows who holds it (the view eventstore.subscription_lag).  Only lease
- * holders write a partition's row.
+ * holders write a partition's row.  A transaction's first lease of a
+ * subscription also takes a share lock on (subscription id, ES_WHOLE), which
+ * drop_subscription takes exclusively: a drop waits for the consumers, and
+ * nothing they write outlives it.
  *
  * Everything runs as the caller, and reads and writes the tables as the
  * schema's owner (EsBecomeOwner): a consumer needs EXECUTE on poll, ack and
@@ -26,6 +29,7 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
+#include "nodes/params.h"
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -37,6 +41,12 @@
 
 /* The locktag_field4 of leases (horizons use 17745 and 17746) */
 #define ES_LEASE_LOCKSPACE 17747
+
+/* The "partition" of the lock on a whole subscription (see the header) */
+#define ES_WHOLE PG_UINT32_MAX
+
+/* The deepest .** a filter may descend (an unbounded one could exhaust the stack) */
+#define ES_MAX_FILTER_DEPTH 64
 
 /* Raise 42704 for an unknown subscription */
 static void
@@ -114,12 +124,35 @@ EsCheckPartition(const EsSubscription *sub, int32 partition)
 				 errdetail("Its partitions are 0 to %d.", sub->partitions - 1)));
 }
 
-/* The lock tag of a partition's lease */
+/* The lock tag of a partition's lease, or of the whole subscription (ES_WHOLE) */
 static void
-EsLeaseTag(LOCKTAG *tag, const EsSubscription *sub, int32 partition)
+EsLeaseTag(LOCKTAG *tag, const EsSubscription *sub, uint32 partition)
 {
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) sub->id, (uint32) partition,
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) sub->id, partition,
 						 ES_LEASE_LOCKSPACE);
+}
+
+/*
+ * Take a lock for the rest of the transaction (in the top transaction's
+ * resource owner, whatever savepoints do)
+ */
+static LockAcquireResult
+EsLockForTransaction(const LOCKTAG *tag, LOCKMODE mode, bool dontWait)
+{
+	ResourceOwner saved_owner = CurrentResourceOwner;
+	LockAcquireResult res;
+
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	PG_TRY();
+	{
+		res = LockAcquire(tag, mode, false, dontWait);
+	}
+	PG_FINALLY();
+	{
+		CurrentResourceOwner = saved_owner;
+	}
+	PG_END_TRY();
+	return res;
 }
 
 /*
@@ -131,20 +164,14 @@ bool
 EsTakeLease(const EsSubscription *sub, int32 partition, bool wait, bool *newly)
 {
 	LOCKTAG		tag;
-	ResourceOwner saved_owner = CurrentResourceOwner;
 	LockAcquireResult res;
 
-	EsLeaseTag(&tag, sub, partition);
-	CurrentResourceOwner = TopTransactionResourceOwner;
-	PG_TRY();
-	{
-		res = LockAcquire(&tag, ExclusiveLock, false, !wait);
-	}
-	PG_FINALLY();
-	{
-		CurrentResourceOwner = saved_owner;
-	}
-	PG_END_TRY();
+	/* First the share lock that keeps a drop out (see the file header) */
+	EsLeaseTag(&tag, sub, ES_WHOLE);
+	(void) EsLockForTransaction(&tag, ShareLock, false);
+
+	EsLeaseTag(&tag, sub, (uint32) partition);
+	res = EsLockForTransaction(&tag, ExclusiveLock, !wait);
 	*newly = res == LOCKACQUIRE_OK;
 	/* Polls waiting for a partition this holds look again when it ends */
 	if (*newly)
@@ -184,31 +211,36 @@ EsHeldPartition(const EsSubscription *sub)
 /*
  * Run the query for the subscription's events of a partition after position
  * 'after' and before 'before', oldest first, at most 'limit' (SPI
- * connected, as the owner).  Column 10 of each row is the filter's verdict:
+ * connected, as the owner), into 'dest' (NULL: SPI_tuptable).  Rows have
+ * the columns of eventstore.events; with a filter, a 10th is its verdict:
  * true, or NULL when it failed on the event (false ones are left out).
  * Kept plans: one per combination of the selections the subscription uses.
  */
 void
 EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
-				int64 before, int64 limit)
+				int64 before, int64 limit, DestReceiver *dest)
 {
 	static SPIPlanPtr plans[16];
 	Oid			argtypes[8] = {INT8OID, INT8OID, TEXTOID, TEXTARRAYOID, INT4OID,
 	INT4OID, JSONPATHOID, INT8OID};
 	Datum		values[8];
-	char		nulls[8] = "        ";
+	bool		nulls[8] = {false};
 	int			shape = (sub->category ? 1 : 0) | (sub->event_types ? 2 : 0) |
 		(sub->filter ? 4 : 0) | (sub->partitions > 1 ? 8 : 0);
+	SPIExecuteOptions options = {0};
+	int			i;
+	int			rc;
 
 	if (plans[shape] == NULL)
 	{
 		StringInfoData sql;
 
 		initStringInfo(&sql);
-		appendStringInfoString(&sql, "SELECT e.*, ");
-		appendStringInfoString(&sql, sub->filter ?
-							   "pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
-							   " '{}'::pg_catalog.jsonb, true)" : "true");
+		appendStringInfoString(&sql, "SELECT e.*");
+		if (sub->filter)
+			appendStringInfoString(&sql,
+								   ", pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
+								   " '{}'::pg_catalog.jsonb, true)");
 		appendStringInfoString(&sql,
 							   " FROM eventstore.events e"
 							   " WHERE e.global_position OPERATOR(pg_catalog.>) $1"
@@ -219,8 +251,7 @@ EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
 			appendStringInfoString(&sql, " AND e.event_type OPERATOR(pg_catalog.=) ANY ($4)");
 		if (sub->partitions > 1)
 			appendStringInfoString(&sql,
-								   " AND eventstore.stream_partition(e.stream_id, $5)"
-								   " OPERATOR(pg_catalog.=) $6");
+								   " AND eventstore.in_partition(e.stream_id, $5, $6)");
 		if (sub->filter)
 			appendStringInfoString(&sql,
 								   " AND pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
@@ -231,15 +262,29 @@ EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
 	values[0] = Int64GetDatum(after);
 	values[1] = Int64GetDatum(before);
 	values[2] = PointerGetDatum(sub->category);
-	nulls[2] = sub->category ? ' ' : 'n';
+	nulls[2] = sub->category == NULL;
 	values[3] = sub->event_types;
-	nulls[3] = sub->event_types ? ' ' : 'n';
+	nulls[3] = sub->event_types == (Datum) 0;
 	values[4] = Int32GetDatum(sub->partitions);
 	values[5] = Int32GetDatum(partition);
 	values[6] = sub->filter;
-	nulls[6] = sub->filter ? ' ' : 'n';
+	nulls[6] = sub->filter == (Datum) 0;
 	values[7] = Int64GetDatum(limit);
-	EsSpiExec(plans[shape], values, nulls, false, SPI_OK_SELECT);
+
+	options.params = makeParamList(8);
+	for (i = 0; i < 8; i++)
+	{
+		options.params->params[i].value = values[i];
+		options.params->params[i].isnull = nulls[i];
+		options.params->params[i].pflags = PARAM_FLAG_CONST;
+		options.params->params[i].ptype = argtypes[i];
+	}
+	options.read_only = false;
+	options.dest = dest;
+	rc = SPI_execute_plan_extended(plans[shape], &options);
+	/* SPI says SPI_OK_UTILITY for a SELECT into a receiver of our own */
+	if (rc != (dest ? SPI_OK_UTILITY : SPI_OK_SELECT))
+		elog(ERROR, "SPI_execute_plan_extended returned %s", SPI_result_code_string(rc));
 }
 
 /* The partition of a stream among 'partitions' */
@@ -271,6 +316,22 @@ eventstore_stream_partition(PG_FUNCTION_ARGS)
 
 	EsCheckPartitions(partitions);
 	PG_RETURN_INT32(EsStreamPartition(PG_GETARG_TEXT_PP(0), partitions));
+}
+
+PG_FUNCTION_INFO_V1(eventstore_in_partition);
+
+/*
+ * SQL: eventstore.in_partition(stream_id text, partitions integer, partition
+ * integer) -> boolean
+ */
+Datum
+eventstore_in_partition(PG_FUNCTION_ARGS)
+{
+	int32		partitions = PG_GETARG_INT32(1);
+
+	EsCheckPartitions(partitions);
+	PG_RETURN_BOOL(EsStreamPartition(PG_GETARG_TEXT_PP(0), partitions) ==
+				   PG_GETARG_INT32(2));
 }
 
 /*
@@ -327,6 +388,15 @@ EsCheckFilterItems(JsonPathItem *v)
 			case jpiFilter:
 				jspGetArg(v, &arg);
 				EsCheckFilterItems(&arg);
+				break;
+			case jpiAny:
+				if (v->content.anybounds.last > ES_MAX_FILTER_DEPTH)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("filter must bound .** to at most %d levels",
+									ES_MAX_FILTER_DEPTH),
+							 errdetail("An unbounded .** can exhaust the stack on a deeply nested event."),
+							 errhint("Write .**{1 to %d} or a smaller bound.", ES_MAX_FILTER_DEPTH)));
 				break;
 			case jpiLikeRegex:
 				jspInitByBuffer(&arg, v->base, v->content.like_regex.expr);
@@ -538,6 +608,15 @@ eventstore_drop_subscription(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EsBecomeOwner(&saved);
+
+	/* Wait for the transactions that consume it, and keep new ones out */
+	{
+		EsSubscription *sub = EsLoadSubscription(name);
+		LOCKTAG		tag;
+
+		EsLeaseTag(&tag, sub, ES_WHOLE);
+		(void) EsLockForTransaction(&tag, ExclusiveLock, false);
+	}
 	EsSpiExec(EsPlan(&plan,
 					 "WITH s AS (DELETE FROM eventstore.subscriptions"
 					 " WHERE name OPERATOR(pg_catalog.=) $1 RETURNING name),"
@@ -597,10 +676,11 @@ PG_FUNCTION_INFO_V1(eventstore_requeue_subscription_dead_letters);
 
 /*
  * SQL: eventstore.requeue_subscription_dead_letters(subscription text, ids
- * bigint[] DEFAULT NULL) -> bigint, how many.  A dead letter after its
- * partition's checkpoint (park mode holds the partition there) leaves the
- * table and the partition resumes at it; one at or before the checkpoint is
- * marked requeued, and poll offers it before the partition's next events.
+ * bigint[] DEFAULT NULL) -> bigint, how many.  A requeued dead letter is
+ * offered again, without the filter: one after its partition's checkpoint
+ * when the partition's events reach it (a partition parked at it resumes),
+ * one at or before the checkpoint by the next poll, before the partition's
+ * next events.  It leaves the table when it is acknowledged.
  */
 Datum
 eventstore_requeue_subscription_dead_letters(PG_FUNCTION_ARGS)
@@ -612,8 +692,7 @@ eventstore_requeue_subscription_dead_letters(PG_FUNCTION_ARGS)
 	text	   *name = EsCheckSubscriptionName(fcinfo, 0, "subscription");
 	EsSubscription *sub;
 	EsSavedUser saved;
-	bool		isnull;
-	int64		n;
+	uint64		n;
 
 	values[0] = PointerGetDatum(name);
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
@@ -624,30 +703,18 @@ eventstore_requeue_subscription_dead_letters(PG_FUNCTION_ARGS)
 	sub = EsLoadSubscription(name);
 	EsLeaseDeadLetterPartitions(sub, values[1], PG_ARGISNULL(1));
 	EsSpiExec(EsPlan(&plan,
-					 "WITH sel AS (SELECT d.id,"
-					 " d.event_position OPERATOR(pg_catalog.>) p.checkpoint AS parked"
-					 " FROM eventstore.subscription_dead_letters d"
-					 " JOIN eventstore.subscription_partitions p"
-					 " ON p.subscription OPERATOR(pg_catalog.=) d.subscription"
-					 " AND p.partition OPERATOR(pg_catalog.=) d.partition"
-					 " WHERE d.subscription OPERATOR(pg_catalog.=) $1 AND d.requeued_at IS NULL"
-					 " AND ($2 IS NULL OR d.id OPERATOR(pg_catalog.=) ANY ($2))),"
-					 " upd AS (UPDATE eventstore.subscription_dead_letters d"
+					 "UPDATE eventstore.subscription_dead_letters"
 					 " SET requeued_at = pg_catalog.now(), delivered_at = NULL"
-					 " FROM sel WHERE d.id OPERATOR(pg_catalog.=) sel.id AND NOT sel.parked"
-					 " RETURNING d.id),"
-					 " del AS (DELETE FROM eventstore.subscription_dead_letters d USING sel"
-					 " WHERE d.id OPERATOR(pg_catalog.=) sel.id AND sel.parked RETURNING d.id)"
-					 " SELECT (SELECT pg_catalog.count(*) FROM upd)"
-					 " OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM del)",
+					 " WHERE subscription OPERATOR(pg_catalog.=) $1 AND requeued_at IS NULL"
+					 " AND ($2 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($2))",
 					 2, argtypes),
-			  values, nulls, false, SPI_OK_SELECT);
-	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			  values, nulls, false, SPI_OK_UPDATE);
+	n = SPI_processed;
 	EsRestoreUser(&saved);
 	SPI_finish();
 	/* Requeued events are there to poll: wake waiting polls at commit */
 	EsWakePollersAtEnd();
-	PG_RETURN_INT64(n);
+	PG_RETURN_INT64((int64) n);
 }
 
 PG_FUNCTION_INFO_V1(eventstore_discard_subscription_dead_letters);
@@ -709,7 +776,7 @@ eventstore_discard_subscription_dead_letters(PG_FUNCTION_ARGS)
 		/* An earlier dead letter of this partition moved it already */
 		if (i > 0 && partition == DatumGetInt32(SPI_getbinval(parked->vals[i - 1], parked->tupdesc, 1, &isnull)))
 			checkpoint = DatumGetInt64(SPI_getbinval(parked->vals[i - 1], parked->tupdesc, 2, &isnull));
-		EsPrepareEvents(sub, partition, checkpoint, position, 1);
+		EsPrepareEvents(sub, partition, checkpoint, position, 1, NULL);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
