@@ -37,7 +37,8 @@
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 
-#define NS_PER_SEC	INT64_C(1000000000)
+#define BENCH_PROGRAM "commit_to_consume"
+#include "bench_util.h"
 
 typedef struct LoadThread
 {
@@ -56,43 +57,7 @@ static int64_t *t_sched, *t_commit, *t_recv;
 static rd_kafka_t *producer;	/* --calibrate only */
 
 /* Shared with the consumer thread, under lock */
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long stop_consumer = 0, warmup_seen = 0, received = 0;
-
-/* CLOCK_MONOTONIC now, in ns */
-static int64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
-}
-
-/* Print an error and exit 1 */
-static void
-die(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	fputs("commit_to_consume: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	exit(1);
-}
-
-/* One of the variables shared with the consumer thread */
-static long
-shared(long *var)
-{
-	long		v;
-
-	pthread_mutex_lock(&lock);
-	v = *var;
-	pthread_mutex_unlock(&lock);
-	return v;
-}
 
 /* Set one librdkafka property or exit 1 */
 static void
@@ -350,25 +315,6 @@ parse_args(int argc, char **argv)
 			return 0;
 	}
 	return brokers && topic && category && strlen(category) < 128 && (conninfo || calibrate);
-}
-
-/* qsort order of doubles */
-static int
-cmp_double(const void *a, const void *b)
-{
-	double		x = *(const double *) a,
-				y = *(const double *) b;
-
-	return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile pct of n sorted values (0 when there are none) */
-static double
-percentile(const double *sorted, long n, int pct)
-{
-	long		rank = (n * pct + 99) / 100;
-
-	return n == 0 ? 0.0 : sorted[rank - 1];
 }
 
 int

@@ -56,7 +56,8 @@
 
 #include <libpq-fe.h>
 
-#define NS_PER_SEC	INT64_C(1000000000)
+#define BENCH_PROGRAM "subscribe"
+#include "bench_util.h"
 
 typedef struct Worker
 {
@@ -75,43 +76,7 @@ static int64_t start_ns;
 static int64_t *t_commit, *t_recv;
 
 /* Shared between threads, under lock */
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long received = 0, warmup_seen = 0, stop_consumer = 0;
-
-/* CLOCK_MONOTONIC now, in ns */
-static int64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
-}
-
-/* Print an error and exit 1 */
-static void
-die(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	fputs("subscribe: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	exit(1);
-}
-
-/* One of the variables shared between threads */
-static long
-shared(long *var)
-{
-	long		v;
-
-	pthread_mutex_lock(&lock);
-	v = *var;
-	pthread_mutex_unlock(&lock);
-	return v;
-}
 
 /* Add to one of the variables shared between threads; returns the new value */
 static long
@@ -433,25 +398,6 @@ load_main(void *arg)
 		t_commit[i] = send_event(w->conn, i);
 	}
 	return NULL;
-}
-
-/* qsort order of doubles */
-static int
-cmp_double(const void *a, const void *b)
-{
-	double		x = *(const double *) a,
-				y = *(const double *) b;
-
-	return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile pct of n sorted values (0 when there are none) */
-static double
-percentile(const double *sorted, long n, int pct)
-{
-	long		rank = (n * pct + 99) / 100;
-
-	return n == 0 ? 0.0 : sorted[rank - 1];
 }
 
 /* The read_all, read_all_ack and poll modes: read the category's backlog, print the rate */
