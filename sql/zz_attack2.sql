@@ -85,3 +85,14 @@ SELECT eventstore.nack('atk2_a', -9223372036854775808, 'e', -1);
 
 DROP TABLE atk2_effects;
 SELECT eventstore.drop_subscription(s) FROM unnest(ARRAY['atk2_a', 'atk2_b', 'atk2_c']) s;
+
+-- 6. A transaction that holds a lease cannot be prepared: its partition
+--    would stay leased with no backend behind it (0A000, and nothing stays
+--    locked).
+SELECT eventstore.create_subscription('atk2_prep');
+BEGIN;
+SELECT count(*) >= 0 AS polled FROM eventstore.poll('atk2_prep', 1);
+PREPARE TRANSACTION 'atk2_prep';
+SELECT count(*) AS leases_left FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 17747;
+SELECT count(*) AS prepared FROM pg_prepared_xacts WHERE gid = 'atk2_prep';
+SELECT eventstore.drop_subscription('atk2_prep');

@@ -20,13 +20,6 @@
 #define EsMyLocalXid() (MyProc->lxid)
 #endif
 
-/* PostgreSQL 17 gave LockHeldByMe() an "or stronger" argument */
-#if PG_VERSION_NUM >= 170000
-#define EsLockHeldByMe(tag, mode) LockHeldByMe((tag), (mode), false)
-#else
-#define EsLockHeldByMe(tag, mode) LockHeldByMe((tag), (mode))
-#endif
-
 /* PostgreSQL 16 replaced pg_proc_aclcheck() by object_aclcheck() */
 #if PG_VERSION_NUM >= 160000
 #define EsProcAclCheck(proc, user) \

@@ -119,6 +119,7 @@ _PG_init(void)
 {
 	EsDefineSettings();
 	RegisterXactCallback(EsOutboxXactCallback, NULL);
+	RegisterXactCallback(EsSubscriptionXactCallback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
 		return;

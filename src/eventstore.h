@@ -202,7 +202,7 @@ extern void EsCheckPartition(const EsSubscription *sub, int32 partition);
 extern bool EsTakeLease(const EsSubscription *sub, int32 partition, bool wait,
 						bool *newly);
 extern void EsReleaseLease(const EsSubscription *sub, int32 partition);
-extern int32 EsHeldPartition(const EsSubscription *sub);
+extern void EsSubscriptionXactCallback(XactEvent event, void *arg);
 extern int32 EsStreamPartition(text *stream_id, int32 partitions);
 extern void EsPrepareEvents(const EsSubscription *sub, int32 partition,
 							int64 after, int64 before, int64 limit,

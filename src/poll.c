@@ -51,6 +51,9 @@
  */
 #define ES_CANDIDATE_SCAN 8
 
+/* Events the filter fails on that one poll handles at most, if max_count is smaller */
+#define ES_FAILURES_PER_POLL 100
+
 /* The partition this transaction's last poll without a partition claimed */
 static struct
 {
@@ -330,12 +333,16 @@ EsFilterFailure(const EsSubscription *sub, int32 partition, int64 position,
 	return SPI_processed > 0;
 }
 
-/* Move a partition's checkpoint up to 'position' and clear its failure */
+/*
+ * Move a partition's checkpoint up to 'position' ('acked': by ack or nack)
+ * and clear a failure at or below 'settled'
+ */
 static void
 EsSetCheckpoint(const EsSubscription *sub, int32 partition, int64 position,
-				bool acked)
+				int64 settled, bool acked)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr clear_plan = NULL;
 	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, BOOLOID};
 	Datum		values[4];
 
@@ -346,11 +353,20 @@ EsSetCheckpoint(const EsSubscription *sub, int32 partition, int64 position,
 	EsSpiExec(EsPlan(&plan,
 					 "UPDATE eventstore.subscription_partitions"
 					 " SET checkpoint = pg_catalog.int8larger(checkpoint, $3),"
-					 " acked_at = CASE WHEN $4 THEN pg_catalog.now() ELSE acked_at END,"
-					 " failed_position = NULL, attempts = 0, next_attempt_at = NULL,"
-					 " first_failed_at = NULL, last_error = NULL"
+					 " acked_at = CASE WHEN $4 THEN pg_catalog.now() ELSE acked_at END"
 					 " WHERE subscription OPERATOR(pg_catalog.=) $1"
 					 " AND partition OPERATOR(pg_catalog.=) $2",
+					 4, argtypes),
+			  values, NULL, false, SPI_OK_UPDATE);
+	/* A failure at or below the new checkpoint is settled */
+	values[2] = Int64GetDatum(settled);
+	EsSpiExec(EsPlan(&clear_plan,
+					 "UPDATE eventstore.subscription_partitions"
+					 " SET failed_position = NULL, attempts = 0, next_attempt_at = NULL,"
+					 " first_failed_at = NULL, last_error = NULL"
+					 " WHERE subscription OPERATOR(pg_catalog.=) $1"
+					 " AND partition OPERATOR(pg_catalog.=) $2"
+					 " AND failed_position OPERATOR(pg_catalog.<=) $3",
 					 4, argtypes),
 			  values, NULL, false, SPI_OK_UPDATE);
 }
@@ -368,6 +384,8 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	EsPartitionState st;
 	int64		before;
 	int64		after;
+	int64		failures;
+	MemoryContext scan_cxt;
 	bool		scanned_any = false;
 
 	EsReadPartition(sub, partition, &st);
@@ -394,16 +412,23 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	if (st.parked_at != 0 && st.parked_at < before)
 		before = st.parked_at;
 	after = st.checkpoint;
+	failures = Max(max_count, ES_FAILURES_PER_POLL);
+	scan_cxt = AllocSetContextCreate(CurrentMemoryContext, "eventstore poll scan",
+									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		EsEventReceiver r;
+		MemoryContext old = MemoryContextSwitchTo(scan_cxt);
 
 		EsInitReceiver(&r, rsinfo);
 		EsPrepareEvents(sub, partition, after, before, max_count - res.count, &r.pub);
 		res.count += r.stored;
 		scanned_any = scanned_any || r.stored > 0 || r.failed != NULL;
 		if (r.failed == NULL)
+		{
+			MemoryContextSwitchTo(old);
 			break;
+		}
 
 		/* A failure of the subscription, unless an operator requeued it */
 		res.wrote = true;
@@ -413,11 +438,26 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 			res.count++;
 		}
 		else if (sub->park)
+		{
+			MemoryContextSwitchTo(old);
 			break;
-		if (res.count >= max_count)
-			break;
+		}
+		else if (res.count == 0)
+		{
+			/*
+			 * Skip mode, and nothing before it to deliver: the partition moves
+			 * past it now, so that failures cost each poll only once
+			 */
+			EsSetCheckpoint(sub, partition, r.failed_position, r.failed_position, false);
+		}
 		after = r.failed_position;
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(scan_cxt);
+		/* Failures count too: a poll's work is bounded whatever the events */
+		if (res.count >= max_count || --failures <= 0)
+			break;
 	}
+	MemoryContextDelete(scan_cxt);
 
 	/*
 	 * Nothing matched up to the horizon: remember that, so that the next
@@ -426,7 +466,7 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	if (!scanned_any && res.count == 0 && before == horizon &&
 		horizon - 1 - st.checkpoint >= ES_ADVANCE_GAP)
 	{
-		EsSetCheckpoint(sub, partition, horizon - 1, false);
+		EsSetCheckpoint(sub, partition, horizon - 1, horizon - 1, false);
 		res.wrote = true;
 	}
 	return res;
@@ -520,9 +560,8 @@ EsPollOnce(const EsSubscription *sub, int32 partition, int64 max_count,
 	int32		i;
 
 	*retry_at = 0;
-	if (partition < 0)
-		partition = es_claim.lxid == EsMyLocalXid() && es_claim.sub_id == sub->id ?
-			es_claim.partition : EsHeldPartition(sub);
+	if (partition < 0 && es_claim.lxid == EsMyLocalXid() && es_claim.sub_id == sub->id)
+		partition = es_claim.partition;
 	if (partition >= 0)
 	{
 		(void) EsTakeLease(sub, partition, true, &newly);
@@ -737,9 +776,9 @@ EsBehindCheckpoint(const EsSubscription *sub, int32 partition, int64 position,
 
 /*
  * Requeued dead letters of a partition that an ack of 'position' settles
- * leave the table: those poll delivered at or below 'position' when it is
- * behind the checkpoint; else every delivered one, and every one after the
- * checkpoint up to 'position'.  How many.
+ * leave the table: those at or below 'position' that poll delivered (behind
+ * the checkpoint, poll returns them first, in order) or that come after the
+ * checkpoint (poll returns them in their place).  How many.
  */
 static uint64
 EsAckRequeued(const EsSubscription *sub, int32 partition, int64 position,
@@ -757,10 +796,8 @@ EsAckRequeued(const EsSubscription *sub, int32 partition, int64 position,
 					 "DELETE FROM eventstore.subscription_dead_letters"
 					 " WHERE subscription OPERATOR(pg_catalog.=) $1"
 					 " AND partition OPERATOR(pg_catalog.=) $2 AND requeued_at IS NOT NULL"
-					 " AND CASE WHEN $3 OPERATOR(pg_catalog.<) $4"
-					 " THEN delivered_at IS NOT NULL AND event_position OPERATOR(pg_catalog.<=) $3"
-					 " ELSE delivered_at IS NOT NULL OR (event_position OPERATOR(pg_catalog.>) $4"
-					 " AND event_position OPERATOR(pg_catalog.<=) $3) END",
+					 " AND event_position OPERATOR(pg_catalog.<=) $3"
+					 " AND (delivered_at IS NOT NULL OR event_position OPERATOR(pg_catalog.>) $4)",
 					 4, argtypes),
 			  values, NULL, false, SPI_OK_DELETE);
 	return SPI_processed;
@@ -822,7 +859,7 @@ eventstore_ack(PG_FUNCTION_ARGS)
 		if (st.requeued)
 			(void) EsAckRequeued(sub, partition, position, st.checkpoint);
 		if (position > st.checkpoint)
-			EsSetCheckpoint(sub, partition, position, true);
+			EsSetCheckpoint(sub, partition, position, position, true);
 	}
 	EsRestoreUser(&saved);
 	SPI_finish();
@@ -871,6 +908,10 @@ eventstore_nack(PG_FUNCTION_ARGS)
 	(void) EsTakeLease(sub, partition, true, &newly);
 	EsReadPartition(sub, partition, &st);
 
+	/* The requeued dead letters poll returned before it are done */
+	if (st.requeued && position > 0)
+		(void) EsAckRequeued(sub, partition, position - 1, st.checkpoint);
+
 	{
 		/* A requeued dead letter that failed again goes straight back */
 		Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, TEXTOID};
@@ -895,7 +936,8 @@ eventstore_nack(PG_FUNCTION_ARGS)
 		{
 			/* After the checkpoint: the partition moves on, or parks at it */
 			if (position > st.checkpoint)
-				EsSetCheckpoint(sub, partition, sub->park ? position - 1 : position, true);
+				EsSetCheckpoint(sub, partition, sub->park ? position - 1 : position,
+								position, true);
 			EsRestoreUser(&saved);
 			SPI_finish();
 			PG_RETURN_VOID();
@@ -911,7 +953,8 @@ eventstore_nack(PG_FUNCTION_ARGS)
 		/* Given up: a dead letter; the partition moves on or holds at it */
 		EsDeadLetter(sub, partition, position, stream_id, attempts, error,
 					 st.failed_position == position ? st.first_failed_at : 0);
-		EsSetCheckpoint(sub, partition, sub->park ? position - 1 : position, true);
+		EsSetCheckpoint(sub, partition, sub->park ? position - 1 : position,
+						position, true);
 	}
 	else
 	{

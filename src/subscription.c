@@ -113,6 +113,45 @@ EsLoadSubscription(text *name)
 	return sub;
 }
 
+/* The local transaction that took a lease, to refuse its PREPARE */
+static LocalTransactionId es_lease_lxid = InvalidLocalTransactionId;
+
+/* Raise 42704 when the subscription was dropped (SPI connected, as the owner) */
+static void
+EsCheckStillThere(const EsSubscription *sub)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {TEXTOID, INT4OID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(sub->name);
+	values[1] = Int32GetDatum(sub->id);
+	EsSpiExec(EsPlan(&plan,
+					 "SELECT FROM eventstore.subscriptions"
+					 " WHERE name OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
+					 2, argtypes),
+			  values, NULL, false, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("subscription \"%s\" does not exist", sub->name),
+				 errdetail("It was dropped while this transaction waited for it.")));
+}
+
+/*
+ * Transaction callback: a prepared transaction would keep its leases with
+ * no backend behind them, until COMMIT or ROLLBACK PREPARED; refuse it.
+ */
+void
+EsSubscriptionXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_PRE_PREPARE && es_lease_lxid == EsMyLocalXid())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot prepare a transaction that holds a subscription's lease"),
+				 errdetail("Its partitions would stay leased, with no consumer, until COMMIT PREPARED or ROLLBACK PREPARED.")));
+}
+
 /* Raise 22023 unless 'partition' is one of the subscription's */
 void
 EsCheckPartition(const EsSubscription *sub, int32 partition)
@@ -166,9 +205,15 @@ EsTakeLease(const EsSubscription *sub, int32 partition, bool wait, bool *newly)
 	LOCKTAG		tag;
 	LockAcquireResult res;
 
-	/* First the share lock that keeps a drop out (see the file header) */
+	/*
+	 * First the share lock that keeps a drop out (see the file header).  A
+	 * drop may have committed while we waited for it, and a subscription of
+	 * the same name been created since: this one must still be there.
+	 */
 	EsLeaseTag(&tag, sub, ES_WHOLE);
-	(void) EsLockForTransaction(&tag, ShareLock, false);
+	if (EsLockForTransaction(&tag, ShareLock, false) == LOCKACQUIRE_OK)
+		EsCheckStillThere(sub);
+	es_lease_lxid = EsMyLocalXid();
 
 	EsLeaseTag(&tag, sub, (uint32) partition);
 	res = EsLockForTransaction(&tag, ExclusiveLock, !wait);
@@ -190,22 +235,6 @@ EsReleaseLease(const EsSubscription *sub, int32 partition)
 	CurrentResourceOwner = TopTransactionResourceOwner;
 	(void) LockRelease(&tag, ExclusiveLock, false);
 	CurrentResourceOwner = saved_owner;
-}
-
-/* The partition of the subscription this transaction holds, -1 if none */
-int32
-EsHeldPartition(const EsSubscription *sub)
-{
-	LOCKTAG		tag;
-	int32		p;
-
-	for (p = 0; p < sub->partitions; p++)
-	{
-		EsLeaseTag(&tag, sub, p);
-		if (EsLockHeldByMe(&tag, ExclusiveLock))
-			return p;
-	}
-	return -1;
 }
 
 /*
