@@ -2,6 +2,42 @@
 
 -- 0.2.0 -> 0.3.0: subscriptions (see CHANGELOG.md).
 
+-- read_all with a category reads the category's index whatever the positions.
+CREATE OR REPLACE FUNCTION eventstore.read_all(from_position bigint DEFAULT 0,
+	max_count integer DEFAULT 1000, category text DEFAULT NULL)
+RETURNS SETOF eventstore.events
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	horizon bigint;
+BEGIN
+	IF max_count < 0 THEN
+		RAISE EXCEPTION 'max_count must not be negative: %', max_count
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The horizon is taken before the query below takes its snapshot, so
+	-- every transaction that held it back has ended by then (see the docs).
+	horizon := eventstore.read_horizon();
+	IF read_all.category IS NULL THEN
+		RETURN QUERY
+			SELECT e.* FROM eventstore.events e
+			WHERE e.global_position > coalesce(from_position, 0)
+			  AND e.global_position < horizon
+			ORDER BY e.global_position
+			LIMIT max_count;
+	ELSE
+		-- Planned for these positions at each call: a generic plan, which
+		-- does not know how far apart they are, would walk the primary key
+		-- through the whole table instead of the category's index.
+		RETURN QUERY EXECUTE
+			'SELECT e.* FROM eventstore.events e'
+			' WHERE e.category = $1 AND e.global_position > $2 AND e.global_position < $3'
+			' ORDER BY e.global_position LIMIT $4'
+			USING read_all.category, coalesce(from_position, 0), horizon, max_count;
+	END IF;
+END
+$$;
+
 -- Subscriptions: durable, partitioned consumers of the store (see
 -- docs/subscriptions.md).  A subscription selects events by category, event
 -- type and a jsonpath filter; each of its partitions has a checkpoint, the

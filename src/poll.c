@@ -484,10 +484,12 @@ static bool *
 EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
 {
 	static SPIPlanPtr plans[4];
+	static SPIPlanPtr min_plan = NULL;
 	static SPIPlanPtr requeued_plan = NULL;
-	Oid			argtypes[6] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8OID};
-	Datum		values[6];
-	char		nulls[6] = "      ";
+	Oid			argtypes[7] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8OID,
+	INT8OID};
+	Datum		values[7];
+	char		nulls[7] = "       ";
 	int64		limit = (int64) Max(64, ES_CANDIDATE_SCAN * sub->partitions);
 	int			shape = (sub->category ? 1 : 0) | (sub->event_types ? 2 : 0);
 	bool	   *flags;
@@ -502,16 +504,26 @@ EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
 		appendStringInfo(&sql,
 						 "SELECT eventstore.stream_partition(e.stream_id, $3)"
 						 " FROM eventstore.events e"
-						 " WHERE e.global_position OPERATOR(pg_catalog.>)"
-						 " (SELECT pg_catalog.min(p.checkpoint) FROM eventstore.subscription_partitions p"
-						 " WHERE p.subscription OPERATOR(pg_catalog.=) $1)"
+						 " WHERE e.global_position OPERATOR(pg_catalog.>) $7"
 						 " AND e.global_position OPERATOR(pg_catalog.<) $2%s%s"
 						 " ORDER BY e.global_position LIMIT $6",
 						 sub->category ? " AND e.category OPERATOR(pg_catalog.=) $4" : "",
 						 sub->event_types ? " AND e.event_type OPERATOR(pg_catalog.=) ANY ($5)" : "");
-		EsPlan(&plans[shape], sql.data, 6, argtypes);
+		/* Planned for each call's positions, as in EsPrepareEvents */
+		EsPlanWithOptions(&plans[shape], sql.data, 7, argtypes, CURSOR_OPT_CUSTOM_PLAN);
 	}
 	values[0] = CStringGetTextDatum(sub->name);
+
+	/* The smallest checkpoint, as a value the planner sees */
+	EsSpiExec(EsPlan(&min_plan,
+					 "SELECT pg_catalog.min(checkpoint) FROM eventstore.subscription_partitions"
+					 " WHERE subscription OPERATOR(pg_catalog.=) $1",
+					 1, argtypes),
+			  values, NULL, false, SPI_OK_SELECT);
+	values[6] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return NULL;
+
 	values[1] = Int64GetDatum(horizon);
 	values[2] = Int32GetDatum(sub->partitions);
 	values[3] = PointerGetDatum(sub->category);

@@ -243,7 +243,8 @@ EsReleaseLease(const EsSubscription *sub, int32 partition)
  * connected, as the owner), into 'dest' (NULL: SPI_tuptable).  Rows have
  * the columns of eventstore.events; with a filter, a 10th is its verdict:
  * true, or NULL when it failed on the event (false ones are left out).
- * Kept plans: one per combination of the selections the subscription uses.
+ * Kept statements: one per combination of the selections the subscription
+ * uses.
  */
 void
 EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
@@ -286,7 +287,12 @@ EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
 								   " AND pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
 								   " '{}'::pg_catalog.jsonb, true) IS NOT FALSE");
 		appendStringInfoString(&sql, " ORDER BY e.global_position LIMIT $8");
-		EsPlan(&plans[shape], sql.data, 8, argtypes);
+		/*
+		 * Planned for each call's positions: a generic plan does not know
+		 * how far apart they are, and walks the primary key through the
+		 * whole table where the category's index reads only its events
+		 */
+		EsPlanWithOptions(&plans[shape], sql.data, 8, argtypes, CURSOR_OPT_CUSTOM_PLAN);
 	}
 	values[0] = Int64GetDatum(after);
 	values[1] = Int64GetDatum(before);
