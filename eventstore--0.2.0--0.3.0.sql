@@ -26,14 +26,16 @@ BEGIN
 			ORDER BY e.global_position
 			LIMIT max_count;
 	ELSE
-		-- Planned for these positions at each call: a generic plan, which
-		-- does not know how far apart they are, would walk the primary key
-		-- through the whole table instead of the category's index.
-		RETURN QUERY EXECUTE
-			'SELECT e.* FROM eventstore.events e'
-			' WHERE e.category = $1 AND e.global_position > $2 AND e.global_position < $3'
-			' ORDER BY e.global_position LIMIT $4'
-			USING read_all.category, coalesce(from_position, 0), horizon, max_count;
+		-- A range of the (category, global_position) index, in its order:
+		-- with LIMIT, the planner would otherwise take the category's events
+		-- for spread evenly and walk the primary key, reading the whole
+		-- table first when the category was appended late.
+		RETURN QUERY
+			SELECT e.* FROM eventstore.events e
+			WHERE (e.category, e.global_position) > (read_all.category, coalesce(from_position, 0))
+			  AND (e.category, e.global_position) < (read_all.category, horizon)
+			ORDER BY e.category, e.global_position
+			LIMIT max_count;
 	END IF;
 END
 $$;

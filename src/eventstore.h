@@ -196,6 +196,19 @@ typedef struct EsSubscription
 /* The most partitions a subscription has */
 #define ES_MAX_PARTITIONS 1024
 
+/*
+ * The events of one category between two positions, as a range of the
+ * (category, global_position) index: with the category in the ORDER BY too
+ * (ES_CATEGORY_RANGE(...) ... ORDER BY e.category, e.global_position), no
+ * plan can walk the primary key instead.  With LIMIT, the planner takes a
+ * category's events for spread evenly over the positions, and a walk of the
+ * primary key for cheap, where a category appended late makes it read the
+ * whole table first.
+ */
+#define ES_CATEGORY_RANGE(category, after, before) \
+	"(e.category, e.global_position) OPERATOR(pg_catalog.>) (" category ", " after ")" \
+	" AND (e.category, e.global_position) OPERATOR(pg_catalog.<) (" category ", " before ")"
+
 /* subscription.c */
 extern EsSubscription *EsLoadSubscription(text *name);
 extern void EsCheckPartition(const EsSubscription *sub, int32 partition);

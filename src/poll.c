@@ -503,12 +503,13 @@ EsCandidatePartitions(const EsSubscription *sub, int64 horizon)
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
 						 "SELECT eventstore.stream_partition(e.stream_id, $3)"
-						 " FROM eventstore.events e"
-						 " WHERE e.global_position OPERATOR(pg_catalog.>) $7"
-						 " AND e.global_position OPERATOR(pg_catalog.<) $2%s%s"
-						 " ORDER BY e.global_position LIMIT $6",
-						 sub->category ? " AND e.category OPERATOR(pg_catalog.=) $4" : "",
-						 sub->event_types ? " AND e.event_type OPERATOR(pg_catalog.=) ANY ($5)" : "");
+						 " FROM eventstore.events e WHERE %s%s"
+						 " ORDER BY %se.global_position LIMIT $6",
+						 sub->category ? ES_CATEGORY_RANGE("$4", "$7", "$2") :
+						 "e.global_position OPERATOR(pg_catalog.>) $7"
+						 " AND e.global_position OPERATOR(pg_catalog.<) $2",
+						 sub->event_types ? " AND e.event_type OPERATOR(pg_catalog.=) ANY ($5)" : "",
+						 sub->category ? "e.category, " : "");
 		/* Planned for each call's positions, as in EsPrepareEvents */
 		EsPlanWithOptions(&plans[shape], sql.data, 7, argtypes, CURSOR_OPT_CUSTOM_PLAN);
 	}

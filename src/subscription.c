@@ -271,12 +271,10 @@ EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
 			appendStringInfoString(&sql,
 								   ", pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
 								   " '{}'::pg_catalog.jsonb, true)");
-		appendStringInfoString(&sql,
-							   " FROM eventstore.events e"
-							   " WHERE e.global_position OPERATOR(pg_catalog.>) $1"
+		appendStringInfoString(&sql, " FROM eventstore.events e WHERE ");
+		appendStringInfoString(&sql, sub->category ? ES_CATEGORY_RANGE("$3", "$1", "$2") :
+							   "e.global_position OPERATOR(pg_catalog.>) $1"
 							   " AND e.global_position OPERATOR(pg_catalog.<) $2");
-		if (sub->category)
-			appendStringInfoString(&sql, " AND e.category OPERATOR(pg_catalog.=) $3");
 		if (sub->event_types)
 			appendStringInfoString(&sql, " AND e.event_type OPERATOR(pg_catalog.=) ANY ($4)");
 		if (sub->partitions > 1)
@@ -286,7 +284,9 @@ EsPrepareEvents(const EsSubscription *sub, int32 partition, int64 after,
 			appendStringInfoString(&sql,
 								   " AND pg_catalog.jsonb_path_match(pg_catalog.to_jsonb(e.*), $7,"
 								   " '{}'::pg_catalog.jsonb, true) IS NOT FALSE");
-		appendStringInfoString(&sql, " ORDER BY e.global_position LIMIT $8");
+		appendStringInfoString(&sql, sub->category ?
+							   " ORDER BY e.category, e.global_position LIMIT $8" :
+							   " ORDER BY e.global_position LIMIT $8");
 		/*
 		 * Planned for each call's positions: a generic plan does not know
 		 * how far apart they are, and walks the primary key through the
