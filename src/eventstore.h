@@ -211,6 +211,7 @@ typedef struct EsSubscription
 
 /* subscription.c */
 extern EsSubscription *EsLoadSubscription(text *name);
+extern void EsNoSubscription(const char *name, const char *detail);
 extern void EsCheckPartition(const EsSubscription *sub, int32 partition);
 extern bool EsTakeLease(const EsSubscription *sub, int32 partition, bool wait,
 						bool *newly);

@@ -2,7 +2,7 @@
  * outbox.c
  *		The transactional outbox: eventstore.publish(), replay(), the rows
  *		append() enqueues for routed categories (see routes.c), and the
- *		callbacks that wake the relay.
+ *		callbacks that wake the relay and waiting subscription polls.
  *
  * Outbox rows are written in the caller's transaction, so a message exists
  * exactly when the transaction that produced it commits.  Outbox ids are

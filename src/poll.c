@@ -115,10 +115,7 @@ EsReadPartition(const EsSubscription *sub, int32 partition, EsPartitionState *st
 					 2, argtypes),
 			  values, NULL, false, SPI_OK_SELECT);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("subscription \"%s\" does not exist", sub->name),
-				 errdetail("It was dropped while this transaction used it.")));
+		EsNoSubscription(sub->name, "It was dropped while this transaction used it.");
 	tuple = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	st->checkpoint = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));

@@ -48,13 +48,17 @@
 /* The deepest .** a filter may descend (an unbounded one could exhaust the stack) */
 #define ES_MAX_FILTER_DEPTH 64
 
-/* Raise 42704 for an unknown subscription */
-static void
-EsNoSubscription(text *name)
+/*
+ * Raise 42704 for a subscription that does not exist ('detail': why, or
+ * NULL)
+ */
+void
+EsNoSubscription(const char *name, const char *detail)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
-			 errmsg("subscription \"%s\" does not exist", text_to_cstring(name))));
+			 errmsg("subscription \"%s\" does not exist", name),
+			 detail ? errdetail_internal("%s", detail) : 0));
 }
 
 /* The name argument of a function that takes a subscription */
@@ -96,7 +100,7 @@ EsLoadSubscription(text *name)
 					 1, argtypes),
 			  values, NULL, false, SPI_OK_SELECT);
 	if (SPI_processed == 0)
-		EsNoSubscription(name);
+		EsNoSubscription(text_to_cstring(name), NULL);
 	tuple = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	sub = palloc0(sizeof(EsSubscription));
@@ -132,10 +136,7 @@ EsCheckStillThere(const EsSubscription *sub)
 					 2, argtypes),
 			  values, NULL, false, SPI_OK_SELECT);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("subscription \"%s\" does not exist", sub->name),
-				 errdetail("It was dropped while this transaction waited for it.")));
+		EsNoSubscription(sub->name, "It was dropped while this transaction waited for it.");
 }
 
 /*
@@ -664,7 +665,7 @@ eventstore_drop_subscription(PG_FUNCTION_ARGS)
 			  values, NULL, false, SPI_OK_SELECT);
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									1, &isnull)) == 0)
-		EsNoSubscription(name);
+		EsNoSubscription(text_to_cstring(name), NULL);
 	EsRestoreUser(&saved);
 	SPI_finish();
 	PG_RETURN_VOID();
