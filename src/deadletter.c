@@ -60,7 +60,7 @@ eventstore_requeue_dead_letters(PG_FUNCTION_ARGS)
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	EsRestoreUser(&saved);
 	SPI_finish();
-	EsWakeRelayAtCommit();
+	EsWakeRelayAtCommit(true);
 	PG_RETURN_INT64((int64) n);
 }
 
@@ -92,6 +92,6 @@ eventstore_discard_dead_letters(PG_FUNCTION_ARGS)
 	n = SPI_processed;
 	EsRestoreUser(&saved);
 	SPI_finish();
-	EsWakeRelayAtCommit();
+	EsWakeRelayAtCommit(true);
 	PG_RETURN_INT64((int64) n);
 }

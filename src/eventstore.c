@@ -26,6 +26,8 @@ int			es_retry_backoff_max = 32000;
 int			es_delivery_timeout = 30000;
 int			es_on_dead_letter = ES_DEAD_LETTER_CONTINUE;
 int			es_relay_idle_interval = 5000;
+int			es_relay_window_messages = 10000;
+int			es_relay_window_memory = 65536;	/* kB */
 
 static const struct config_enum_entry es_on_dead_letter_options[] = {
 	{"continue", ES_DEAD_LETTER_CONTINUE, false},
@@ -74,9 +76,17 @@ EsDefineSettings(void)
 								   NULL, &es_database, "postgres",
 								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("eventstore.relay_batch_size",
-							"Outbox rows the relay sends per batch.",
+							"Outbox rows the relay reads at a time, and acknowledged rows it deletes at a time.",
 							NULL, &es_relay_batch_size, 1000, 1, 100000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.relay_window_messages",
+							"Most messages the relay has sent and not yet recorded as acknowledged.",
+							NULL, &es_relay_window_messages, 10000, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstore.relay_window_memory",
+							"Most bytes of keys, values and headers the relay has sent and not yet recorded as acknowledged.",
+							NULL, &es_relay_window_memory, 65536, 64, 2 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomIntVariable("eventstore.max_attempts",
 							"Delivery attempts of a message before it is dead-lettered.",
 							NULL, &es_max_attempts, 10, 1, 1000,

@@ -82,6 +82,8 @@ extern int	es_retry_backoff_max;
 extern int	es_delivery_timeout;
 extern int	es_on_dead_letter;
 extern int	es_relay_idle_interval;
+extern int	es_relay_window_messages;
+extern int	es_relay_window_memory;
 
 /* eventstore.on_dead_letter */
 #define ES_DEAD_LETTER_CONTINUE 0
@@ -91,7 +93,8 @@ extern int	es_relay_idle_interval;
 extern void EsCheckTopic(const char *topic);
 extern void EsRouteEvents(text *stream_id, const char *category,
 						  Datum *positions, int npositions);
-extern void EsWakeRelayAtCommit(void);
+extern void EsWakeRelayAtCommit(bool revisit);
+extern void EsOutboxEnqueuing(void);
 extern void EsOutboxXactCallback(XactEvent event, void *arg);
 extern void EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 									bool isTopLevel, void *arg);
@@ -160,6 +163,7 @@ typedef struct EsRelayStats
 	char		last_error[256];
 	TimestampTz last_error_at;	/* 0: never */
 	TimestampTz last_delivery_at;	/* 0: never */
+	int			in_flight;		/* produced, not yet reported by the broker */
 	int			latency_count;
 	int			latency_next;
 	double		latency_ms[ES_LATENCY_WINDOW];
@@ -168,7 +172,11 @@ typedef struct EsRelayStats
 /* shmem.c */
 extern void EsShmemInit(void);
 extern void EsSetRelayLatch(Latch *latch);
-extern void EsWakeRelay(void);
+extern void EsWakeRelay(bool revisit);
+extern bool EsRelayTakeRevisit(void);
+extern void EsRelaySetInFlight(int in_flight);
+extern void EsNoteOutboxCommit(int64 bound);
+extern void EsOutboxCommitTimes(const int64 *ids, int n, TimestampTz *out);
 extern void EsRelaySetState(EsRelayState state);
 extern void EsRelayAccount(int sent, int retries, int dead, const char *error,
 						   const double *latencies, int nlatencies);

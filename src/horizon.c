@@ -124,7 +124,7 @@ EsHoldHorizon(EsSequence seq)
 	 * wake them once our lock is gone.
 	 */
 	if (seq == ES_SEQ_OUTBOX)
-		EsWakeRelayAtCommit();
+		EsOutboxEnqueuing();
 	else
 		EsWakePollersAtEnd();
 }

@@ -1,15 +1,19 @@
 /*
  * kafka.c
  *		The relay's librdkafka producer: created from the eventstore.*
- *		settings, it sends a batch of messages and reports what became of
- *		each.
+ *		settings, it takes messages one by one and reports what became of
+ *		each as the broker answers.
  *
  * librdkafka runs threads of its own, which must never call into
  * PostgreSQL.  Delivery reports, errors and logs are all served from this
  * process's thread by rd_kafka_poll() (logs through log.queue), so the
- * callbacks below may use elog.  Message data is copied by librdkafka
- * (RD_KAFKA_MSG_F_COPY); only the EsMessage opaque pointers outlive a
- * produce call, and they stay valid until the batch is fully reported.
+ * callbacks below may use elog; the delivery report only records the
+ * outcome in its message.  librdkafka writes a byte to a pipe when its
+ * queue of reports stops being empty (rd_kafka_queue_io_event_enable): the
+ * relay sleeps on that pipe and its latch together, so a report wakes it at
+ * once.  Message data is copied by librdkafka (RD_KAFKA_MSG_F_COPY); only
+ * the EsMessage opaque pointers outlive a produce call, and they stay valid
+ * until the message is reported, or the producer destroyed.
  *
  * Order: the producer is idempotent (acks=all, at most 5 requests in flight,
  * retries that keep order), so the messages of one partition are written in
@@ -37,18 +41,27 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/fd.h"
-#include "portability/instr_time.h"
-#include "common/hashfn.h"
 #include "storage/ipc.h"
 #include "storage/pmsignal.h"
-#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
 #include "eventstore.h"
 #include "relay.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 static rd_kafka_t *es_producer = NULL;
+
+/* The pipe librdkafka writes to when reports wait to be served: {read, write} */
+static int	es_report_pipe[2] = {-1, -1};
+
+/* Set by a delivery report of a failure, cleared by EsKafkaTakeFailure() */
+static bool es_failure_reported = false;
+
+/* When the brokers were last probed while they seemed down */
+static TimestampTz es_last_probe = 0;
 
 /* The settings the producer was made with */
 static char *es_started_brokers = NULL;
@@ -74,6 +87,10 @@ static List *es_secrets = NIL;
 /* The longest a shutdown waits for the broker */
 #define ES_SHUTDOWN_FLUSH_MS 5000
 
+/* How often, and how long, to ask brokers that seem down whether they are back */
+#define ES_PROBE_INTERVAL_MS 1000
+#define ES_PROBE_TIMEOUT_MS 200
+
 /* The last broker-level error, so that each is logged once */
 static rd_kafka_resp_err_t es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 
@@ -87,7 +104,12 @@ EsDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage, void *opaq
 	msg->done = true;
 	es_pending--;
 	if (rkmessage->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
 		es_brokers_down = false;
+		es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	}
+	else
+		es_failure_reported = true;
 }
 
 /*
@@ -282,6 +304,54 @@ EsConfApplyExtra(rd_kafka_conf_t *conf, const char *config)
 	return ok;
 }
 
+/*
+ * Have librdkafka write to a pipe of ours whenever its main queue (delivery
+ * reports, errors, logs) stops being empty; without a pipe the relay still
+ * serves the queue, only later (at its next wake-up)
+ */
+static void
+EsReportPipeOpen(void)
+{
+	rd_kafka_queue_t *queue;
+
+	if (es_report_pipe[0] < 0)
+	{
+		if (pipe(es_report_pipe) != 0 ||
+			fcntl(es_report_pipe[0], F_SETFL, O_NONBLOCK) != 0 ||
+			fcntl(es_report_pipe[1], F_SETFL, O_NONBLOCK) != 0)
+		{
+			ereport(LOG,
+					(errmsg("eventstore relay: could not create a pipe for delivery reports: %m")));
+			if (es_report_pipe[0] >= 0)
+				close(es_report_pipe[0]);
+			if (es_report_pipe[1] >= 0)
+				close(es_report_pipe[1]);
+			es_report_pipe[0] = es_report_pipe[1] = -1;
+			return;
+		}
+	}
+	queue = rd_kafka_queue_get_main(es_producer);
+	rd_kafka_queue_io_event_enable(queue, es_report_pipe[1], "r", 1);
+	rd_kafka_queue_destroy(queue);
+}
+
+/* The pipe to sleep on for delivery reports, PGINVALID_SOCKET if none */
+pgsocket
+EsKafkaReportSocket(void)
+{
+	return es_producer != NULL && es_report_pipe[0] >= 0 ? es_report_pipe[0] : PGINVALID_SOCKET;
+}
+
+/* Whether a delivery failed since the last call */
+bool
+EsKafkaTakeFailure(void)
+{
+	bool		failed = es_failure_reported;
+
+	es_failure_reported = false;
+	return failed;
+}
+
 /* Whether a producer exists */
 bool
 EsKafkaRunning(void)
@@ -348,6 +418,7 @@ EsKafkaStart(void)
 		return false;
 	}
 	rd_kafka_set_log_queue(es_producer, NULL);
+	EsReportPipeOpen();
 
 	es_started_brokers = MemoryContextStrdup(TopMemoryContext, es_kafka_brokers);
 	es_started_config = MemoryContextStrdup(TopMemoryContext, es_kafka_config);
@@ -363,8 +434,9 @@ EsKafkaStart(void)
 
 /*
  * Destroy the producer; messages still queued in it are dropped.  Their
- * delivery reports are served first (bounded), so that none is left to
- * write into a batch after it is freed.
+ * delivery reports are served first (bounded): a message still unreported
+ * after that is left as it was (not done), for the caller to deal with; no
+ * report reaches it after this returns.
  */
 void
 EsKafkaStop(void)
@@ -379,6 +451,7 @@ EsKafkaStop(void)
 	rd_kafka_destroy(es_producer);
 	es_producer = NULL;
 	es_pending = 0;
+	es_failure_reported = false;
 	pfree(es_started_brokers);
 	pfree(es_started_config);
 }
@@ -423,11 +496,11 @@ EsKafkaSetBrokersDown(void)
 	es_brokers_down = true;
 }
 
-/* Whether messages were produced and not yet reported */
-bool
-EsKafkaHasPending(void)
+/* How many messages were produced and not yet reported */
+int
+EsKafkaInFlight(void)
 {
-	return es_pending > 0;
+	return es_pending;
 }
 
 /* Whether a delivery error will never go away by retrying */
@@ -476,45 +549,62 @@ EsKafkaIsBrokerDown(rd_kafka_resp_err_t err)
 		err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
 }
 
-/* Serve pending callbacks (errors, logs) while the relay is idle */
+/*
+ * Serve what librdkafka queued for us: delivery reports, errors, logs.  The
+ * pipe is emptied first, so that a report queued meanwhile writes to it
+ * again and wakes the next sleep.
+ */
 void
 EsKafkaServe(void)
 {
+	char		buf[64];
+
+	if (es_producer == NULL)
+		return;
+	if (es_report_pipe[0] >= 0)
+		while (read(es_report_pipe[0], buf, sizeof(buf)) > 0)
+			;
+	rd_kafka_poll(es_producer, 0);
+}
+
+/* Purge the messages queued and not yet sent (they fail with _PURGE_QUEUE) */
+void
+EsKafkaPurgeQueue(void)
+{
 	if (es_producer != NULL)
-		rd_kafka_poll(es_producer, 0);
+		rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE);
 }
 
 /*
- * A key of the batch being sent: the topic of its first message, and whether
- * its later messages must wait for the next round
+ * While the brokers seem down and nothing is in flight to tell otherwise,
+ * ask one of them for metadata about once a second (waiting at most
+ * ES_PROBE_TIMEOUT_MS): an answer means they are reachable again, and the
+ * state leaves broker_down even while there is nothing to send
  */
-typedef struct EsBatchKey
+void
+EsKafkaProbe(void)
 {
-	uint32		hash;			/* hash of the key: the hash table's key */
-	const char *topic;
-	bool		held;
-} EsBatchKey;
+	const struct rd_kafka_metadata *md = NULL;
+	TimestampTz now = GetCurrentTimestamp();
 
-/*
- * The batch's keys, by hash (in the current memory context).  Two keys with
- * the same hash share an entry: that can only hold a message back for a
- * round, never let one overtake another.
- */
-static HTAB *
-EsBatchKeys(int nmsgs)
-{
-	HASHCTL		ctl;
-
-	ctl.keysize = sizeof(uint32);
-	ctl.entrysize = sizeof(EsBatchKey);
-	ctl.hcxt = CurrentMemoryContext;
-	return hash_create("eventstore batch keys", Max(nmsgs, 16), &ctl,
-					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (es_producer == NULL || !es_brokers_down || es_pending > 0 ||
+		!TimestampDifferenceExceeds(es_last_probe, now, ES_PROBE_INTERVAL_MS))
+		return;
+	es_last_probe = now;
+	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	if (rd_kafka_metadata(es_producer, 0, NULL, &md, ES_PROBE_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		es_brokers_down = false;
+	pgstat_report_wait_end();
+	if (md != NULL)
+		rd_kafka_metadata_destroy(md);
 }
 
-/* Hand one message to librdkafka; a local refusal is its outcome */
-static void
-EsProduce(EsMessage *msg)
+/*
+ * Hand one message to librdkafka; a local refusal is its outcome (done).
+ * When librdkafka's queue is full, reports are served until there is room.
+ */
+void
+EsKafkaProduce(EsMessage *msg)
 {
 	rd_kafka_headers_t *hdrs = EsHeaders(msg);
 	rd_kafka_resp_err_t err;
@@ -537,6 +627,7 @@ EsProduce(EsMessage *msg)
 			proc_exit(1);
 		rd_kafka_poll(es_producer, 10);
 	}
+	msg->produced = true;
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		es_pending++;
 	else
@@ -545,81 +636,4 @@ EsProduce(EsMessage *msg)
 		msg->err = err;
 		msg->done = true;
 	}
-}
-
-/*
- * Send a batch and wait until the broker answered for every message, or
- * until eventstore.delivery_timeout passed and what was still queued was
- * purged (those messages fail with _PURGE_QUEUE).  Interrupts are served
- * every 10 ms.
- *
- * Per-key order within the batch: a message waits for the next round
- * (skipped) when an earlier message of its key was refused (locally, or
- * before it got here, e.g. not convertible to UTF-8), was skipped itself, or
- * goes to another topic.  Within one topic the idempotent producer keeps a
- * key's messages in order; across topics nothing would, so the later one is
- * only sent once the earlier one was acknowledged (until then the fetch
- * holds it back behind the earlier one's retry).
- */
-void
-EsKafkaSend(EsMessage *msgs, int nmsgs)
-{
-	instr_time	start,
-				now;
-	HTAB	   *keys = EsBatchKeys(nmsgs);
-	int			i;
-
-	INSTR_TIME_SET_CURRENT(start);
-	for (i = 0; i < nmsgs; i++)
-	{
-		EsMessage  *m = &msgs[i];
-		EsBatchKey *k = NULL;
-		bool		found = false;
-
-		if (m->key != NULL)
-		{
-			uint32		hash = hash_bytes((const unsigned char *) m->key, strlen(m->key));
-
-			k = hash_search(keys, &hash, HASH_ENTER, &found);
-			if (!found)
-			{
-				k->topic = m->topic;
-				k->held = false;
-			}
-			else if (k->held || strcmp(k->topic, m->topic) != 0)
-			{
-				k->held = true;
-				m->skipped = true;
-				continue;
-			}
-		}
-		if (!m->done)
-			EsProduce(m);
-		if (m->done && m->err != RD_KAFKA_RESP_ERR_NO_ERROR && k != NULL)
-			k->held = true;
-	}
-
-	while (es_pending > 0)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (!PostmasterIsAlive())
-			proc_exit(1);
-		pgstat_report_wait_start(PG_WAIT_EXTENSION);
-		rd_kafka_poll(es_producer, 10);
-		pgstat_report_wait_end();
-
-		/*
-		 * Past the deadline, purge the queue at every turn: a message that
-		 * was in flight at the first purge and failed retriably is queued
-		 * again by librdkafka.
-		 */
-		INSTR_TIME_SET_CURRENT(now);
-		INSTR_TIME_SUBTRACT(now, start);
-		if (INSTR_TIME_GET_MILLISEC(now) >= es_delivery_timeout)
-			rd_kafka_purge(es_producer, RD_KAFKA_PURGE_F_QUEUE);
-	}
-	hash_destroy(keys);
-	if (nmsgs > 0 && msgs[nmsgs - 1].done &&
-		msgs[nmsgs - 1].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-		es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 }

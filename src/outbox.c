@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
@@ -29,6 +30,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/lsyscache.h"
 
 #include "eventstore.h"
 
@@ -37,6 +39,15 @@
 
 /* Set when this transaction took the outbox horizon: wake the relay at its end */
 static bool es_wake_at_end = false;
+
+/* Set when it made outbox rows the relay passed ready again: see EsWakeRelay() */
+static bool es_revisit_at_end = false;
+
+/* Set when it enqueued outbox rows: note its commit for the relay's latencies */
+static bool es_enqueued = false;
+
+/* The outbox sequence's last value just before this transaction commits */
+static int64 es_commit_bound = 0;
 
 /* Set when this transaction took the events horizon: wake waiting polls at its end */
 static bool es_wake_pollers = false;
@@ -93,12 +104,39 @@ EsCheckHeaders(Jsonb *headers)
 
 /*
  * Ask for the relay to be woken when this transaction ends (after its locks
- * are released), whether it commits or aborts
+ * are released), whether it commits or aborts; with 'revisit', to read
+ * again rows it passed, which this transaction made ready
  */
 void
-EsWakeRelayAtCommit(void)
+EsWakeRelayAtCommit(bool revisit)
 {
 	es_wake_at_end = true;
+	es_revisit_at_end = es_revisit_at_end || revisit;
+}
+
+/*
+ * This transaction takes outbox ids (it holds the outbox horizon): wake the
+ * relay at its end, and note its commit time for the relay's latencies
+ */
+void
+EsOutboxEnqueuing(void)
+{
+	EsWakeRelayAtCommit(false);
+	es_enqueued = true;
+}
+
+/*
+ * The outbox sequence's last value, or 0 if the sequence does not exist
+ * (the extension was dropped in this transaction): never an error
+ */
+static int64
+EsOutboxBound(void)
+{
+	Oid			schema = get_namespace_oid("eventstore", true);
+
+	if (!OidIsValid(schema) || !OidIsValid(get_relname_relid("outbox_id_seq", schema)))
+		return 0;
+	return EsLastValue(ES_SEQ_OUTBOX);
 }
 
 /*
@@ -112,16 +150,37 @@ EsWakePollersAtEnd(void)
 }
 
 /*
- * Transaction callback: a prepared transaction keeps its locks, so there is
- * nothing to wake the relay or polls for until COMMIT/ROLLBACK PREPARED.
+ * Transaction callback.  A transaction that enqueued messages notes its
+ * commit time for the relay, with the outbox ids it covers (read before the
+ * commit, written once it is visible and before its locks go).  A prepared
+ * transaction keeps its locks, so there is nothing to wake the relay or
+ * polls for until COMMIT/ROLLBACK PREPARED.
  */
 void
 EsOutboxXactCallback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_PREPARE)
+	switch (event)
 	{
-		es_wake_at_end = false;
-		es_wake_pollers = false;
+		case XACT_EVENT_PRE_COMMIT:
+			if (es_enqueued)
+				es_commit_bound = EsOutboxBound();
+			break;
+		case XACT_EVENT_COMMIT:
+			if (es_enqueued && es_commit_bound > 0)
+				EsNoteOutboxCommit(es_commit_bound);
+			es_enqueued = false;
+			break;
+		case XACT_EVENT_PREPARE:
+			es_wake_at_end = false;
+			es_revisit_at_end = false;
+			es_wake_pollers = false;
+			es_enqueued = false;
+			break;
+		case XACT_EVENT_ABORT:
+			es_enqueued = false;
+			break;
+		default:
+			break;
 	}
 }
 
@@ -144,7 +203,8 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 	if (es_wake_at_end)
 	{
 		es_wake_at_end = false;
-		EsWakeRelay();
+		EsWakeRelay(es_revisit_at_end);
+		es_revisit_at_end = false;
 	}
 }
 
@@ -165,7 +225,7 @@ EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		(((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED ||
 		 ((TransactionStmt *) parsetree)->kind == TRANS_STMT_ROLLBACK_PREPARED))
 	{
-		EsWakeRelayAtCommit();
+		EsWakeRelayAtCommit(true);
 		EsWakePollersAtEnd();
 	}
 	if (prev_ProcessUtility)
@@ -253,7 +313,7 @@ EsRouteEvents(text *stream_id, const char *category, Datum *positions,
 					 " ORDER BY p.o",
 					 3, enqueue_types),
 			  values, NULL, false, SPI_OK_INSERT);
-	EsWakeRelayAtCommit();
+	EsWakeRelayAtCommit(false);
 }
 
 PG_FUNCTION_INFO_V1(eventstore_publish);
@@ -301,7 +361,7 @@ eventstore_publish(PG_FUNCTION_ARGS)
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	EsRestoreUser(&saved);
 	SPI_finish();
-	EsWakeRelayAtCommit();
+	EsWakeRelayAtCommit(false);
 	PG_RETURN_INT64(id);
 }
 
@@ -376,6 +436,6 @@ eventstore_replay(PG_FUNCTION_ARGS)
 	EsRestoreUser(&saved);
 	SPI_finish();
 	if (n > 0)
-		EsWakeRelayAtCommit();
+		EsWakeRelayAtCommit(false);
 	PG_RETURN_INT64((int64) n);
 }

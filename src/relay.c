@@ -3,48 +3,61 @@
  *		The relay: a background worker that sends committed outbox rows to
  *		Kafka, in outbox order per key, with retries and dead letters.
  *
- * One round: a short transaction reads a batch of ready rows below the
- * outbox horizon (so no smaller id can still commit); the batch is sent with
- * no transaction open; a second transaction deletes what the broker
- * acknowledged, schedules retries and moves dead letters.  A crash between
- * the two only means the acknowledged rows are sent again: at-least-once.
+ * The relay is a pipeline.  It reads ready rows (relay_outbox.c) and hands
+ * them to the producer without waiting for the broker, as long as its
+ * window has room (eventstore.relay_window_messages and _memory: messages
+ * sent and not yet recorded).  Delivery reports come back on this thread
+ * (kafka.c); a message is settled once it and every message sent before it
+ * have their answer, and settled messages are recorded in the outbox in
+ * grouped statements: acknowledged rows deleted by id, failures scheduled
+ * for a retry or moved to the dead letters.  A crash before a recording
+ * only means its acknowledged rows are sent again: at-least-once.
  *
- * Per-key order: a row is ready when its retry time has come and no earlier
- * row of its key waits for a retry, so a key's messages never overtake each
- * other, while other keys go on.  Dead letters leave the outbox and do not
- * hold their key back.
+ *	   outbox --read (id > last read, below the horizon)--> window --produce--> librdkafka
+ *		 ^														 |
+ *		 +------record (delete / retry / dead letter) <--settle <-- delivery reports
  *
- * The worker sleeps on its latch: a transaction that took the outbox
- * horizon sets it once it ended and released its locks (outbox.c).  When a
- * round finds committed rows at or above the horizon (held back by an open
- * transaction) it looks again after ES_HELD_BACK_RECHECK_MS; a timer
- * (eventstore.relay_idle_interval) covers retries and anything missed.
+ * Per-key order.  The idempotent producer keeps a partition's messages in
+ * the order they were produced, and a message that fails because the
+ * queue was purged at the delivery timeout fails with every later one of
+ * its partition.  A key's messages therefore stay in order unless one fails
+ * while later ones of its key are in flight and those later ones succeed
+ * (a permanent error from the broker, or a fatal producer error): those
+ * later ones are then not recorded (they stay in the outbox) and are sent
+ * again after the failed one, so a consumer may see an early copy of them
+ * (docs/relay.md).  The key is blocked from that message on: later
+ * messages of it are not sent ("held") until the relay reads the outbox
+ * again from the start.  A key's message to another topic than the one its
+ * earlier in-flight messages go to is held the same way, since nothing
+ * orders two topics.
+ *
+ * Reading again from the start ("revisit").  Reads only take ids after the
+ * largest read so far, so rows the relay passed are looked at again only
+ * when they can have become ready: after a failure, a held message, a
+ * retry falling due, or requeued/discarded dead letters (a flag in shared
+ * memory).  The relay stops reading, lets its window drain, and reads from
+ * the first id again.
+ *
+ * Waking.  The worker sleeps on its latch and on librdkafka's report pipe
+ * together.  A transaction that took the outbox horizon sets the latch once
+ * it ended and released its locks (outbox.c); committed rows held back by
+ * an open transaction are looked at again after 50 ms; a timer
+ * (eventstore.relay_idle_interval) covers anything missed.
  *
  * Errors: the worker runs with session settings of its own (a read-only
  * default or tiny timeouts of the database or role must not stop it).  An
- * ERROR in a round does not end the worker: it recovers as PostgreSQL's own
+ * ERROR does not end the worker: it recovers as PostgreSQL's own
  * long-lived processes do (sigsetjmp, EmitErrorReport,
  * AbortCurrentTransaction, FlushErrorState), shows state "error" with the
- * message, and tries again after a backoff.  If the broker had already
- * answered for the batch, only its recording is tried again, from the
- * outcomes kept in memory: the batch is never sent twice for that.  FATAL
- * (SIGTERM) still ends it; the postmaster starts it again after
+ * message, and tries again after a backoff.  The window survives in
+ * memory: what was sent is recorded later, never sent again for that.
+ * FATAL (SIGTERM) still ends it; the postmaster starts it again after
  * bgw_restart_time, and all progress is in the tables.
- *
- * Encoding: messages go out in UTF-8; in a database of another encoding
- * (but SQL_ASCII, whose bytes pass unchanged) keys, values and headers are
- * converted as they are read.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/pg_extension.h"
-#include "catalog/pg_type.h"
-#include "commands/dbcommands.h"
-#include "commands/extension.h"
-#include "catalog/namespace.h"
-#include "nodes/makefuncs.h"
-#include "mb/pg_wchar.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -53,24 +66,23 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
-#include "utils/timeout.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "compat.h"
 #include "eventstore.h"
 #include "relay.h"
 
-/* How soon to look again when committed rows wait behind an open transaction */
-#define ES_HELD_BACK_RECHECK_MS 50
-/* How long to wait for CREATE EXTENSION in eventstore.database */
-#define ES_NO_EXTENSION_MS 10000
 /* Seconds before the postmaster restarts a relay that ended with an error */
 #define ES_RELAY_RESTART_SECS 2
+/* The longest acknowledged rows wait before they are recorded */
+#define ES_RECORD_DELAY_MS 10
+/* How often to purge the queue again once a delivery timed out */
+#define ES_PURGE_RECHECK_MS 10
 
 /* Register the relay worker; called from _PG_init in the postmaster */
 void
@@ -89,41 +101,68 @@ EsRegisterRelay(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* What a sent batch did, to be recorded in the outbox */
-typedef struct EsOutcome
+/* One read of the outbox in the window, and how far it got */
+typedef struct EsBatch
 {
-	Datum	   *sent;			/* acknowledged ids */
-	double	   *latencies;		/* their enqueue-to-acknowledgement times, ms */
-	int			nsent;
-	Datum	   *retry_ids;
-	Datum	   *retry_delays;
-	Datum	   *retry_errors;
-	int			nretry;
-	Datum	   *dead_ids[2];	/* [0]: to the table, [1]: to the topic */
-	Datum	   *dead_errors[2];
-	int			ndead[2];
-	char	   *last_error;		/* NULL: none */
-	bool		all_down;		/* every failure was "brokers unreachable" */
-	bool		skipped;		/* messages wait for the next round */
-	double		first_retry_ms; /* the shortest retry delay scheduled */
-	Oid			outbox;			/* the outbox table the batch came from */
-	char	   *dead_letter_topic;	/* eventstore.dead_letter_topic then */
-} EsOutcome;
+	MemoryContext cxt;			/* holds the batch and its messages */
+	EsMessage  *msgs;
+	int			n;
+	int			looked_at;		/* [0, looked_at) were produced or held */
+	int			settled;		/* [0, settled) are in es_outcome */
+} EsBatch;
 
-/* The outbox table the current batch was read from */
-static Oid	es_batch_outbox = InvalidOid;
+/* A key with messages in the window */
+typedef struct EsKeyState
+{
+	uint32		hash;			/* hash of the key: the table's key */
+	int			unsettled;		/* produced and not settled */
+	char	   *topic;			/* the topic they go to */
+	int64		blocked_from;	/* 0, or the id from which its messages wait */
+} EsKeyState;
+
+/* The window: reads not fully settled, oldest first */
+static List *es_window = NIL;
+static int	es_window_count = 0;	/* their messages not settled yet */
+static Size es_window_bytes = 0;
+static Oid	es_window_outbox = InvalidOid;	/* the table they were read from */
 
 /*
- * A sent batch whose recording failed (in the batch memory context): the
- * next rounds record it before they read anything, so it is never sent again
+ * The window's keys, by hash.  Two keys with the same hash share an entry:
+ * that can only hold a message back, never let one overtake another.
  */
-static EsOutcome *es_unrecorded = NULL;
+static HTAB *es_keys = NULL;
 
-/* Consecutive failed rounds, and when the next try is due (0: now) */
+/* The retriable error last logged for the outcome being settled */
+static rd_kafka_resp_err_t es_logged_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+/* A read in progress: deleted if an error interrupts it */
+static MemoryContext es_reading_cxt = NULL;
+
+/* Settled messages not recorded yet, in es_outcome_cxt */
+static EsOutcome *es_outcome = NULL;
+static MemoryContext es_outcome_cxt = NULL;
+static MemoryContext es_relay_cxt = NULL;
+
+/* The largest id read since the last revisit */
+static int64 es_last_read = 0;
+
+/* Whether to read the outbox from the start once the window drained */
+static bool es_revisit = false;
+/* When to do so for a retry falling due (0: none known) */
+static TimestampTz es_revisit_at = 0;
+
+/* Whether to read the outbox now, and when at the latest */
+static bool es_read_wanted = true;
+static TimestampTz es_read_at = 0;
+
+/* The producer's settings changed: drain the window, then make it anew */
+static bool es_draining = false;
+
+/* Consecutive failed steps, and when the next try is due (0: now) */
 static int	es_failed_rounds = 0;
 static TimestampTz es_retry_at = 0;
 
-/* What the current round does, for last_error */
+/* What the relay does, for last_error */
 static const char *es_round_step = "reading the outbox";
 
 /* Withdraw our latch from shared memory as the worker exits */
@@ -134,9 +173,9 @@ EsRelayExit(int code, Datum arg)
 }
 
 /*
- * The relay's state as relay_status() shows it: "error" while rounds fail,
+ * The relay's state as relay_status() shows it: "error" while steps fail,
  * and "broker_down" instead of sending, backing off or idle while the
- * brokers cannot be reached (until a delivery succeeds)
+ * brokers cannot be reached (until a delivery or a probe succeeds)
  */
 void
 EsRelayShowState(EsRelayState state)
@@ -150,291 +189,6 @@ EsRelayShowState(EsRelayState state)
 	EsRelaySetState(state);
 }
 
-/*
- * The conversion from the database's encoding to UTF-8: InvalidOid when
- * none is needed (UTF8, and SQL_ASCII, whose bytes pass unchanged); an
- * error when the database has none (MULE_INTERNAL): the relay cannot serve
- * it.  In a transaction.
- */
-static Oid
-EsUtf8Conversion(void)
-{
-	int			enc = GetDatabaseEncoding();
-	Oid			proc;
-
-	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
-		return InvalidOid;
-	proc = FindDefaultConversionProc(enc, PG_UTF8);
-	if (!OidIsValid(proc))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("database encoding \"%s\" has no conversion to UTF-8", GetDatabaseEncodingName()),
-				 errdetail("The relay sends every message in UTF-8."),
-				 errhint("Serve a database in UTF8 or another encoding that converts to UTF-8.")));
-	return proc;
-}
-
-/* The longest string EsToUtf8() converts: its output buffer stays below 1 GB */
-#define ES_MAX_CONVERTED ((int) ((MaxAllocSize - 1) / MAX_CONVERSION_GROWTH))
-
-/*
- * A string of the database's encoding in UTF-8 through 'proc' (see
- * EsUtf8Conversion), or NULL when a character has no UTF-8 equivalent or
- * the string is longer than ES_MAX_CONVERTED (no broker takes such a
- * message anyway)
- */
-static char *
-EsToUtf8(Oid proc, char *s)
-{
-	int			len;
-	char	   *out;
-
-	if (s == NULL || !OidIsValid(proc))
-		return s;
-	len = strlen(s);
-	if (len > ES_MAX_CONVERTED)
-		return NULL;
-	out = palloc((Size) len * MAX_CONVERSION_GROWTH + 1);
-	if (pg_do_encoding_conversion_buf(proc, GetDatabaseEncoding(), PG_UTF8,
-									  (unsigned char *) s, len,
-									  (unsigned char *) out,
-									  len * MAX_CONVERSION_GROWTH + 1, true) != len)
-		return NULL;
-	/* Give back the room a long string did not need */
-	if (len > 1000000)
-		out = repalloc(out, strlen(out) + 1);
-	return out;
-}
-
-/*
- * Convert a message to UTF-8 through 'proc'; a message with a character
- * that has none is refused (and becomes a dead letter, a permanent error)
- */
-static void
-EsMessageToUtf8(Oid proc, EsMessage *m)
-{
-	bool		ok = true;
-	int			h;
-
-	if (!OidIsValid(proc))
-		return;
-	ok = (m->key == NULL || (m->key = EsToUtf8(proc, m->key)) != NULL) &&
-		(m->value == NULL || (m->value = EsToUtf8(proc, m->value)) != NULL);
-	for (h = 0; ok && h < m->nheaders; h++)
-		ok = (m->headers[h].name = EsToUtf8(proc, (char *) m->headers[h].name)) != NULL &&
-			(m->headers[h].value = EsToUtf8(proc, m->headers[h].value)) != NULL;
-	if (!ok)
-	{
-		m->done = true;
-		m->err = RD_KAFKA_RESP_ERR__BAD_MSG;
-		m->refused = psprintf("not convertible to UTF-8: a character of the database encoding \"%s\" has no UTF-8 equivalent, or a field is longer than %d bytes",
-							  GetDatabaseEncodingName(), ES_MAX_CONVERTED);
-	}
-}
-
-/*
- * The OID of eventstore.outbox, locked in 'mode' (InvalidOid if it does not
- * exist).  Looked up with the lock, as DML does: a concurrent DROP EXTENSION
- * is waited for, and then the table that replaced it is the one found.
- */
-static Oid
-EsLockOutbox(LOCKMODE mode)
-{
-	return RangeVarGetRelid(makeRangeVar("eventstore", "outbox", -1), mode, true);
-}
-
-/* Copy a text column of the current SPI row, NULL as NULL */
-static char *
-EsCopyText(HeapTuple tup, TupleDesc desc, int col)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-
-	return isnull ? NULL : TextDatumGetCString(d);
-}
-
-/*
- * The headers of a message from publish() (or a forwarded dead letter): its
- * own, a JSON object of strings, and eventstore-outbox-id
- */
-static int
-EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
-{
-	JsonbIterator *it = JsonbIteratorInit(&headers->root);
-	JsonbIteratorToken tok;
-	JsonbValue	v;
-	char	   *name = NULL;
-	int			n = 0;
-
-	*out = palloc(sizeof(EsHeader) * (JB_ROOT_COUNT(headers) + 1));
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		if (tok == WJB_KEY)
-			name = pnstrdup(v.val.string.val, v.val.string.len);
-		else if (tok == WJB_VALUE && v.type == jbvString &&
-				 strcmp(name, "eventstore-outbox-id") != 0)
-		{
-			(*out)[n].name = name;
-			(*out)[n++].value = pnstrdup(v.val.string.val, v.val.string.len);
-		}
-	}
-	(*out)[n].name = "eventstore-outbox-id";
-	(*out)[n++].value = psprintf(INT64_FORMAT, id);
-	return n;
-}
-
-/*
- * Read the next batch of ready outbox rows into 'msgs' (allocated in the
- * current memory context, which must outlive the transaction); returns how
- * many.  Sets *wait_ms to how long to sleep if the batch is not full, and
- * *backing_off when rows wait for a retry.
- */
-static int
-EsRelayFetch(EsMessage **msgs, long *wait_ms, bool *backing_off)
-{
-	static SPIPlanPtr fetch_plan = NULL;
-	static SPIPlanPtr due_plan = NULL;
-	Oid			argtypes[3] = {INT8OID, INT4OID, BOOLOID};
-	Datum		values[3];
-	MemoryContext batch_cxt = CurrentMemoryContext;
-	char	   *source;
-	Oid			to_utf8;
-	int			n = 0;
-	uint64		i;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	pgstat_report_activity(STATE_RUNNING, "eventstore relay: reading the outbox");
-
-	if (!OidIsValid(get_extension_oid("eventstore", true)))
-	{
-		*wait_ms = ES_NO_EXTENSION_MS;
-		SPI_finish();
-		CommitTransactionCommand();
-		return 0;
-	}
-
-	es_batch_outbox = EsLockOutbox(AccessShareLock);
-	to_utf8 = EsUtf8Conversion();
-
-	/* The horizon comes before the snapshot the query runs with */
-	values[0] = Int64GetDatum(EsHorizon(ES_SEQ_OUTBOX));
-	values[1] = Int32GetDatum(es_relay_batch_size);
-	values[2] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
-	source = MemoryContextStrdup(batch_cxt, EsCloudEventsSource());
-	PushActiveSnapshot(GetTransactionSnapshot());
-
-	/*
-	 * An event's message is built from its row here: see cloudevents.c.
-	 *
-	 * Planned at each round for the outbox as it is now: it swings from
-	 * empty to a burst of many thousand rows, and a plan cached while it was
-	 * empty checks each row's key against the whole table (a fetch took 57 s
-	 * for 30,000 rows).  Planning costs well under a millisecond.
-	 */
-	EsSpiExec(EsPlanWithOptions(&fetch_plan,
-					 "SELECT o.id, o.topic, o.message_key,"
-					 " CASE WHEN e.global_position IS NULL THEN o.payload::pg_catalog.text"
-					 " ELSE e.data::pg_catalog.text END,"
-					 " o.headers, o.attempts,"
-					 " o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic',"
-					 " o.created_at, e.event_id, e.event_type, e.stream_id, e.recorded_at,"
-					 " e.stream_version, e.global_position, e.metadata"
-					 " FROM eventstore.outbox o"
-					 " LEFT JOIN eventstore.events e"
-					 " ON e.global_position OPERATOR(pg_catalog.=) o.event_position"
-					 " WHERE o.id OPERATOR(pg_catalog.<) $1"
-					 " AND (o.next_attempt_at IS NULL"
-					 " OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
-					 " AND NOT EXISTS (SELECT FROM eventstore.outbox b"
-					 " WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
-					 " AND b.id OPERATOR(pg_catalog.<) o.id"
-					 " AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now())"
-					 " AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d"
-					 " WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key))"
-					 " ORDER BY o.id LIMIT $2",
-					 3, argtypes, CURSOR_OPT_CUSTOM_PLAN),
-			  values, NULL, true, SPI_OK_SELECT);
-
-	*msgs = MemoryContextAllocZero(batch_cxt, sizeof(EsMessage) * Max(SPI_processed, 1));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		EsMessage  *m = &(*msgs)[n++];
-		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
-		bool		isnull;
-		bool		no_event;
-		Datum		position = SPI_getbinval(tup, desc, 14, &no_event);
-
-		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		m->topic = EsCopyText(tup, desc, 2);
-		m->key = EsCopyText(tup, desc, 3);
-		m->value = EsCopyText(tup, desc, 4);
-		m->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		m->forwarded = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-		m->enqueued_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
-		if (no_event)
-			m->nheaders = EsOutboxHeaders(DatumGetJsonbP(SPI_getbinval(tup, desc, 5, &isnull)),
-										  m->id, &m->headers);
-		else
-		{
-			EsEventRow	ev;
-
-			ev.event_id = SPI_getbinval(tup, desc, 9, &isnull);
-			ev.event_type = DatumGetTextPP(SPI_getbinval(tup, desc, 10, &isnull));
-			ev.stream_id = DatumGetTextPP(SPI_getbinval(tup, desc, 11, &isnull));
-			ev.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 12, &isnull));
-			ev.stream_version = DatumGetInt64(SPI_getbinval(tup, desc, 13, &isnull));
-			ev.global_position = DatumGetInt64(position);
-			ev.metadata = DatumGetJsonbP(SPI_getbinval(tup, desc, 15, &isnull));
-			m->headers = palloc(sizeof(EsHeader) * ES_CE_MAX_HEADERS);
-			m->nheaders = EsCloudEventHeaders(&ev, source, m->headers);
-		}
-		EsMessageToUtf8(to_utf8, m);
-		MemoryContextSwitchTo(old);
-	}
-
-	/* Not a full batch: sleep until the next retry is due, or the idle timer */
-	*wait_ms = es_relay_idle_interval;
-	*backing_off = false;
-	if (n < es_relay_batch_size)
-	{
-		bool		isnull;
-		Datum		due;
-
-		/*
-		 * When the next retry is due, and whether committed rows at or above
-		 * the horizon wait for an open transaction that took a smaller id.
-		 * That transaction's end wakes us; should the wake-up be missed, look
-		 * again soon rather than after the idle interval.
-		 */
-		EsSpiExec(EsPlan(&due_plan,
-						 "SELECT (SELECT pg_catalog.ceil(pg_catalog.date_part('epoch',"
-						 " pg_catalog.min(next_attempt_at) OPERATOR(pg_catalog.-) pg_catalog.now())"
-						 " OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
-						 " FROM eventstore.outbox"
-						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()),"
-						 " EXISTS (SELECT FROM eventstore.outbox"
-						 " WHERE id OPERATOR(pg_catalog.>=) $1)",
-						 1, argtypes),
-				  values, NULL, true, SPI_OK_SELECT);
-		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull)
-			*wait_ms = Max(1, Min(*wait_ms, DatumGetInt64(due)));
-		*backing_off = !isnull;
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-			*wait_ms = Min(*wait_ms, ES_HELD_BACK_RECHECK_MS);
-	}
-
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
-	return n;
-}
-
 /* A Kafka error as stored in last_error: its name, then its text */
 static char *
 EsErrorText(rd_kafka_resp_err_t err)
@@ -442,309 +196,404 @@ EsErrorText(rd_kafka_resp_err_t err)
 	return psprintf("%s: %s", rd_kafka_err2name(err), rd_kafka_err2str(err));
 }
 
-/* Build an int8[] or text[] from the collected values */
-static Datum
-EsArray(Datum *elems, int n, Oid type)
-{
-	if (type == INT8OID)
-		return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
-											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (type == FLOAT8OID)
-		return PointerGetDatum(construct_array(elems, n, FLOAT8OID, sizeof(float8),
-											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
-/* Delete acknowledged rows */
-static void
-EsRelayDelete(Datum *ids, int n)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1];
-
-	if (n == 0)
-		return;
-	values[0] = EsArray(ids, n, INT8OID);
-	EsSpiExec(EsPlan(&plan,
-					 "DELETE FROM eventstore.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-					 1, argtypes),
-			  values, NULL, false, SPI_OK_DELETE);
-}
-
-/* Schedule retries: attempts + 1, the next attempt after the given delay */
-static void
-EsRelayRetry(Datum *ids, Datum *delays, Datum *errors, int n)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[3] = {INT8ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID};
-	Datum		values[3];
-
-	if (n == 0)
-		return;
-	values[0] = EsArray(ids, n, INT8OID);
-	values[1] = EsArray(delays, n, FLOAT8OID);
-	values[2] = EsArray(errors, n, TEXTOID);
-	EsSpiExec(EsPlan(&plan,
-					 "UPDATE eventstore.outbox o SET attempts = o.attempts OPERATOR(pg_catalog.+) 1,"
-					 " next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
-					 " pg_catalog.make_interval(secs => u.delay OPERATOR(pg_catalog./) 1000),"
-					 " first_failed_at = coalesce(o.first_failed_at, pg_catalog.now()),"
-					 " last_error = u.err"
-					 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
-					 " AS u(id, delay, err)"
-					 " WHERE o.id OPERATOR(pg_catalog.=) u.id",
-					 3, argtypes),
-			  values, NULL, false, SPI_OK_UPDATE);
-}
-
-/*
- * Move dead letters out of the outbox: into eventstore.dead_letters, or,
- * when eventstore.dead_letter_topic is set, back into the outbox as a
- * message to that topic (with the error in its headers).
- */
-static void
-EsRelayDeadLetter(Datum *ids, Datum *errors, int n, const char *forward_to)
-{
-	static SPIPlanPtr table_plan = NULL;
-	static SPIPlanPtr forward_plan = NULL;
-	Oid			argtypes[4] = {INT8ARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID};
-	Datum		values[4];
-
-	if (n == 0)
-		return;
-	values[0] = EsArray(ids, n, INT8OID);
-	values[1] = EsArray(errors, n, TEXTOID);
-	if (forward_to == NULL)
-	{
-		EsSpiExec(EsPlan(&table_plan,
-						 "WITH moved AS (DELETE FROM eventstore.outbox o"
-						 " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(id, err)"
-						 " WHERE o.id OPERATOR(pg_catalog.=) u.id RETURNING o.*, u.err)"
-						 " INSERT INTO eventstore.dead_letters (outbox_id, topic, message_key,"
-						 " payload, headers, event_position, created_at, attempts, last_error,"
-						 " first_failed_at, last_failed_at)"
-						 " SELECT id, topic, message_key, payload, headers, event_position,"
-						 " created_at, attempts OPERATOR(pg_catalog.+) 1, err,"
-						 " coalesce(first_failed_at, pg_catalog.now()), pg_catalog.now()"
-						 " FROM moved ORDER BY id",
-						 2, argtypes),
-				  values, NULL, false, SPI_OK_INSERT);
-		return;
-	}
-	values[2] = CStringGetTextDatum(forward_to);
-	values[3] = CStringGetTextDatum(EsCloudEventsSource());
-	EsHoldHorizon(ES_SEQ_OUTBOX);
-	EsSpiExec(EsPlan(&forward_plan,
-					 "WITH moved AS (DELETE FROM eventstore.outbox o"
-					 " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(id, err)"
-					 " WHERE o.id OPERATOR(pg_catalog.=) u.id RETURNING o.*, u.err)"
-					 " INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
-					 " SELECT pg_catalog.replace($3, '%s', m.topic), m.message_key,"
-					 " coalesce(e.data, m.payload),"
-					 " CASE WHEN m.event_position IS NULL THEN m.headers"
-					 " ELSE eventstore.cloudevent_headers(e, $4) END"
-					 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
-					 "'eventstore-error', m.err, 'eventstore-original-topic', m.topic,"
-					 " 'eventstore-original-outbox-id', m.id::pg_catalog.text,"
-					 " 'eventstore-attempts', (m.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text)"
-					 " FROM moved m LEFT JOIN eventstore.events e"
-					 " ON e.global_position OPERATOR(pg_catalog.=) m.event_position"
-					 " ORDER BY m.id",
-					 4, argtypes),
-			  values, NULL, false, SPI_OK_INSERT);
-}
-
-/*
- * What became of a sent batch (allocated in the current memory context):
- * logs the failures, once per error and batch
- */
+/* An empty outcome (in es_outcome_cxt) */
 static EsOutcome *
-EsRelayClassify(EsMessage *msgs, int n)
+EsNewOutcome(void)
 {
-	EsOutcome  *o = palloc0(sizeof(EsOutcome));
-	rd_kafka_resp_err_t logged = RD_KAFKA_RESP_ERR_NO_ERROR;
-	bool		forward_ok = es_dead_letter_topic[0] != '\0' &&
-		es_on_dead_letter != ES_DEAD_LETTER_PARK;
-	TimestampTz now = GetCurrentTimestamp();
-	int			i;
+	MemoryContext old;
+	EsOutcome  *o;
+	int			cap = Max(es_relay_batch_size, 64);
 
-	o->sent = palloc(sizeof(Datum) * n);
-	o->latencies = palloc(sizeof(double) * n);
-	o->retry_ids = palloc(sizeof(Datum) * n);
-	o->retry_delays = palloc(sizeof(Datum) * n);
-	o->retry_errors = palloc(sizeof(Datum) * n);
-	o->dead_ids[0] = palloc(sizeof(Datum) * n);
-	o->dead_ids[1] = palloc(sizeof(Datum) * n);
-	o->dead_errors[0] = palloc(sizeof(Datum) * n);
-	o->dead_errors[1] = palloc(sizeof(Datum) * n);
+	MemoryContextReset(es_outcome_cxt);
+	es_logged_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	old = MemoryContextSwitchTo(es_outcome_cxt);
+	o = palloc0(sizeof(EsOutcome));
+	o->capacity = cap;
+	o->sent = palloc(sizeof(Datum) * cap);
+	o->latencies = palloc(sizeof(double) * cap);
+	o->retry_ids = palloc(sizeof(Datum) * cap);
+	o->retry_delays = palloc(sizeof(Datum) * cap);
+	o->retry_errors = palloc(sizeof(Datum) * cap);
+	o->dead_ids[0] = palloc(sizeof(Datum) * cap);
+	o->dead_ids[1] = palloc(sizeof(Datum) * cap);
+	o->dead_errors[0] = palloc(sizeof(Datum) * cap);
+	o->dead_errors[1] = palloc(sizeof(Datum) * cap);
 	o->all_down = true;
-	o->outbox = es_batch_outbox;
-	o->dead_letter_topic = forward_ok ? pstrdup(es_dead_letter_topic) : NULL;
-
-	for (i = 0; i < n; i++)
-	{
-		EsMessage  *m = &msgs[i];
-		Datum		error;
-		int			where;
-
-		if (m->skipped)
-		{
-			o->skipped = true;
-			continue;
-		}
-		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-		{
-			o->latencies[o->nsent] = (double) (now - m->enqueued_at) / 1000.0;
-			o->sent[o->nsent++] = Int64GetDatum(m->id);
-			o->all_down = false;
-			continue;
-		}
-		o->last_error = m->refused ? m->refused : EsErrorText(m->err);
-		o->all_down = o->all_down && EsKafkaIsBrokerDown(m->err);
-		error = CStringGetTextDatum(o->last_error);
-		if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
-		{
-			/* Log a batch's retriable failures once per error */
-			if (m->err != logged)
-				ereport(LOG,
-						(errmsg("eventstore relay: delivery of outbox message " INT64_FORMAT " to topic \"%s\" failed, will retry: %s",
-								m->id, m->topic, EsErrorText(m->err)),
-						 errdetail("Attempt %d of %d.", m->attempts + 1, es_max_attempts)));
-			logged = m->err;
-			o->retry_ids[o->nretry] = Int64GetDatum(m->id);
-			o->retry_delays[o->nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
-			if (o->nretry == 0 || DatumGetFloat8(o->retry_delays[o->nretry]) < o->first_retry_ms)
-				o->first_retry_ms = DatumGetFloat8(o->retry_delays[o->nretry]);
-			o->retry_errors[o->nretry++] = error;
-			continue;
-		}
-		/* A failed forward to the dead-letter topic stays in the table */
-		where = (forward_ok && !m->forwarded) ? 1 : 0;
-		ereport(LOG,
-				(errmsg("eventstore relay: outbox message " INT64_FORMAT " to topic \"%s\" is a dead letter: %s",
-						m->id, m->topic, o->last_error),
-				 errdetail("%s after %d attempts; %s.",
-						   EsKafkaIsPermanent(m->err) ? "Permanent error" : "Retriable error",
-						   m->attempts + 1,
-						   where ? "forwarded to the dead-letter topic" : "kept in eventstore.dead_letters")));
-		o->dead_ids[where][o->ndead[where]] = Int64GetDatum(m->id);
-		o->dead_errors[where][o->ndead[where]++] = error;
-	}
+	MemoryContextSwitchTo(old);
 	return o;
 }
 
+/* Make room for one more message in every array of the outcome */
+static void
+EsOutcomeGrow(EsOutcome *o)
+{
+	int			cap;
+
+	if (o->nsent < o->capacity && o->nretry < o->capacity &&
+		o->ndead[0] < o->capacity && o->ndead[1] < o->capacity)
+		return;
+	cap = o->capacity * 2;
+	o->sent = repalloc(o->sent, sizeof(Datum) * cap);
+	o->latencies = repalloc(o->latencies, sizeof(double) * cap);
+	o->retry_ids = repalloc(o->retry_ids, sizeof(Datum) * cap);
+	o->retry_delays = repalloc(o->retry_delays, sizeof(Datum) * cap);
+	o->retry_errors = repalloc(o->retry_errors, sizeof(Datum) * cap);
+	o->dead_ids[0] = repalloc(o->dead_ids[0], sizeof(Datum) * cap);
+	o->dead_ids[1] = repalloc(o->dead_ids[1], sizeof(Datum) * cap);
+	o->dead_errors[0] = repalloc(o->dead_errors[0], sizeof(Datum) * cap);
+	o->dead_errors[1] = repalloc(o->dead_errors[1], sizeof(Datum) * cap);
+	o->capacity = cap;
+}
+
+/* A fresh table of the window's keys */
+static void
+EsResetKeys(void)
+{
+	HASHCTL		ctl;
+
+	if (es_keys != NULL)
+		hash_destroy(es_keys);
+	ctl.keysize = sizeof(uint32);
+	ctl.entrysize = sizeof(EsKeyState);
+	ctl.hcxt = es_relay_cxt;
+	es_keys = hash_create("eventstore relay keys", 1024, &ctl,
+						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* The window's entry of a message's key (created if 'create'); NULL: no key */
+static EsKeyState *
+EsKeyOf(const EsMessage *m, bool create)
+{
+	uint32		hash;
+	bool		found;
+	EsKeyState *k;
+
+	if (m->key == NULL)
+		return NULL;
+	hash = hash_bytes((const unsigned char *) m->key, strlen(m->key));
+	k = hash_search(es_keys, &hash, create ? HASH_ENTER : HASH_FIND, &found);
+	if (k != NULL && !found)
+	{
+		k->unsettled = 0;
+		k->topic = MemoryContextStrdup(es_relay_cxt, m->topic);
+		k->blocked_from = 0;
+	}
+	return k;
+}
+
+/* Messages of the key from 'id' on wait for a revisit */
+static void
+EsBlockKey(EsKeyState *k, int64 id)
+{
+	if (k != NULL && (k->blocked_from == 0 || id < k->blocked_from))
+		k->blocked_from = id;
+	es_revisit = true;
+}
+
+/* Forget a key with nothing in the window that holds anything back */
+static void
+EsForgetKeyIfIdle(EsKeyState *k)
+{
+	if (k == NULL || k->unsettled > 0 || k->blocked_from != 0)
+		return;
+	pfree(k->topic);
+	(void) hash_search(es_keys, &k->hash, HASH_REMOVE, NULL);
+}
+
 /*
- * Record the outcome of a sent batch in the outbox, in one transaction; an
- * error leaves it to be recorded again (es_unrecorded)
+ * Hand the batch's messages to the producer, or hold them (see the file
+ * header).  Resumes where an error interrupted it.
  */
 static void
-EsRelayRecord(EsOutcome *o)
+EsProduceBatch(EsBatch *b)
 {
-	es_round_step = "recording deliveries";
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "eventstore relay: recording deliveries");
+	while (b->looked_at < b->n)
+	{
+		EsMessage  *m = &b->msgs[b->looked_at];
+		EsKeyState *k = EsKeyOf(m, true);
 
-	/*
-	 * The ids are the outbox's as it was when the batch was read.  If the
-	 * extension was dropped and created again since (a batch kept by an
-	 * error), they would name other rows: forget the outcome instead.  The
-	 * lock keeps the table we compare the one we then write.
-	 */
-	if (EsLockOutbox(RowExclusiveLock) != o->outbox)
+		if (k != NULL &&
+			((k->blocked_from != 0 && m->id > k->blocked_from) ||
+			 (k->unsettled > 0 && strcmp(k->topic, m->topic) != 0)))
+		{
+			m->held = true;
+			EsBlockKey(k, m->id);
+		}
+		else
+		{
+			if (k != NULL && k->unsettled == 0 && strcmp(k->topic, m->topic) != 0)
+			{
+				pfree(k->topic);
+				k->topic = MemoryContextStrdup(es_relay_cxt, m->topic);
+			}
+			if (!m->done)		/* refused when read: not convertible */
+			{
+				m->produced_at = GetCurrentTimestamp();
+				EsKafkaProduce(m);
+				if (k != NULL)
+					k->unsettled++;
+			}
+			if (m->done && m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+				EsBlockKey(k, m->id);
+		}
+		b->looked_at++;
+	}
+}
+
+/*
+ * Settle one message into the outcome; logs failures, retriable ones once
+ * per error and recording
+ */
+static void
+EsSettle(EsMessage *m)
+{
+	EsOutcome  *o = es_outcome;
+	EsKeyState *k = EsKeyOf(m, false);
+	MemoryContext old;
+	Datum		error;
+	int			where;
+	bool		forward_ok;
+
+	if (m->produced && k != NULL)
+		k->unsettled--;
+	if (m->held || (k != NULL && k->blocked_from != 0 && m->id > k->blocked_from))
+	{
+		/* Held, or sent after an earlier message of its key failed: stays */
+		EsForgetKeyIfIdle(k);
+		return;
+	}
+
+	old = MemoryContextSwitchTo(es_outcome_cxt);
+	EsOutcomeGrow(o);
+	o->nsettled++;
+	if (o->first_at == 0)
+		o->first_at = GetCurrentTimestamp();
+	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		o->latencies[o->nsent] = (double) (GetCurrentTimestamp() - m->committed_at) / 1000.0;
+		o->sent[o->nsent++] = Int64GetDatum(m->id);
+		o->all_down = false;
+		EsForgetKeyIfIdle(k);
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	/* A failure: the key's later messages in the window stay in the outbox */
+	EsBlockKey(k, m->id);
+	o->last_error = m->refused ? pstrdup(m->refused) : EsErrorText(m->err);
+	o->all_down = o->all_down && EsKafkaIsBrokerDown(m->err);
+	error = CStringGetTextDatum(o->last_error);
+	if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
+	{
+		/* Log retriable failures once per error and recording */
+		if (m->err != es_logged_err)
+			ereport(LOG,
+					(errmsg("eventstore relay: delivery of outbox message " INT64_FORMAT " to topic \"%s\" failed, will retry: %s",
+							m->id, m->topic, o->last_error),
+					 errdetail("Attempt %d of %d.", m->attempts + 1, es_max_attempts)));
+		es_logged_err = m->err;
+		o->retry_ids[o->nretry] = Int64GetDatum(m->id);
+		o->retry_delays[o->nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
+		if (o->nretry == 0 || DatumGetFloat8(o->retry_delays[o->nretry]) < o->first_retry_ms)
+			o->first_retry_ms = DatumGetFloat8(o->retry_delays[o->nretry]);
+		o->retry_errors[o->nretry++] = error;
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	/* A failed forward to the dead-letter topic stays in the table */
+	forward_ok = es_dead_letter_topic[0] != '\0' && es_on_dead_letter != ES_DEAD_LETTER_PARK;
+	if (o->ndead[1] == 0 && o->ndead[0] == 0 && forward_ok)
+		o->dead_letter_topic = pstrdup(es_dead_letter_topic);
+	where = (o->dead_letter_topic != NULL && !m->forwarded) ? 1 : 0;
+	ereport(LOG,
+			(errmsg("eventstore relay: outbox message " INT64_FORMAT " to topic \"%s\" is a dead letter: %s",
+					m->id, m->topic, o->last_error),
+			 errdetail("%s after %d attempts; %s.",
+					   EsKafkaIsPermanent(m->err) ? "Permanent error" : "Retriable error",
+					   m->attempts + 1,
+					   where ? "forwarded to the dead-letter topic" : "kept in eventstore.dead_letters")));
+	o->dead_ids[where][o->ndead[where]] = Int64GetDatum(m->id);
+	o->dead_errors[where][o->ndead[where]++] = error;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Settle what the broker answered, in the order the messages were sent;
+ * batches fully settled leave the window
+ */
+static void
+EsSettleWindow(void)
+{
+	while (es_window != NIL)
+	{
+		EsBatch    *b = linitial(es_window);
+
+		while (b->settled < b->looked_at)
+		{
+			EsMessage  *m = &b->msgs[b->settled];
+
+			if (!m->held && !m->done)
+				return;
+			EsSettle(m);
+			es_window_count--;
+			es_window_bytes -= m->bytes;
+			b->settled++;
+		}
+		if (b->settled < b->n)
+			return;
+		es_window = list_delete_first(es_window);
+		MemoryContextDelete(b->cxt);
+	}
+}
+
+/*
+ * Messages of the window the producer can no longer report (it was
+ * destroyed): failed, to be sent again
+ */
+static void
+EsFailUnreported(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, es_window)
+	{
+		EsBatch    *b = lfirst(lc);
+		int			i;
+
+		for (i = b->settled; i < b->looked_at; i++)
+			if (b->msgs[i].produced && !b->msgs[i].done)
+			{
+				b->msgs[i].done = true;
+				b->msgs[i].err = RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+			}
+	}
+	es_revisit = true;
+}
+
+/* Whether settled messages should be recorded now */
+static bool
+EsRecordDue(TimestampTz now)
+{
+	EsOutcome  *o = es_outcome;
+
+	if (o->nsettled == 0)
+		return false;
+	return o->nretry > 0 || o->ndead[0] > 0 || o->ndead[1] > 0 ||
+		o->nsettled >= es_relay_batch_size ||
+		es_window_count == 0 ||
+		es_window_count + o->nsettled >= es_relay_window_messages ||
+		TimestampDifferenceExceeds(o->first_at, now, ES_RECORD_DELAY_MS);
+}
+
+/* Record the settled messages, account for them, start a new outcome */
+static void
+EsRecordSettled(void)
+{
+	EsOutcome  *o = es_outcome;
+
+	es_round_step = "recording deliveries";
+	if (!EsRelayRecord(o, es_window_outbox))
 		ereport(LOG,
-				(errmsg("eventstore relay: the outcome of a sent batch is dropped: the outbox it was read from no longer exists"),
+				(errmsg("eventstore relay: the outcome of sent messages is dropped: the outbox they were read from no longer exists"),
 				 errdetail("%d messages were acknowledged, %d were to be retried and %d to be dead-lettered.",
 						   o->nsent, o->nretry, o->ndead[0] + o->ndead[1])));
-	else
-	{
-		EsRelayDelete(o->sent, o->nsent);
-		EsRelayRetry(o->retry_ids, o->retry_delays, o->retry_errors, o->nretry);
-		EsRelayDeadLetter(o->dead_ids[0], o->dead_errors[0], o->ndead[0], NULL);
-		EsRelayDeadLetter(o->dead_ids[1], o->dead_errors[1], o->ndead[1],
-						  o->dead_letter_topic);
-	}
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
-
-	es_unrecorded = NULL;
 	es_failed_rounds = 0;
 	EsRelayAccount(o->nsent, o->nretry, o->ndead[0] + o->ndead[1], o->last_error,
 				   o->latencies, o->nsent);
 	if (o->nsent + o->nretry + o->ndead[0] + o->ndead[1] > 0 && o->all_down)
 		EsKafkaSetBrokersDown();
-	EsRelayShowState(o->nretry > 0 ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
+	if (o->nretry > 0)
+	{
+		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  (int) Max(1, o->first_retry_ms));
+
+		if (es_revisit_at == 0 || due < es_revisit_at)
+			es_revisit_at = due;
+	}
+	es_outcome = EsNewOutcome();
 }
 
-/*
- * One round: fetch, send, record (or only record a batch whose recording
- * failed).  Returns how many messages it handled; sets *wait_ms to how long
- * to sleep when that was less than a full batch.
- */
-static int
-EsRelayRound(MemoryContext batch_cxt, long *wait_ms)
+/* Whether the window has room for another read */
+static bool
+EsWindowHasRoom(void)
 {
-	EsMessage  *msgs;
-	EsOutcome  *outcome;
-	int			n;
-	bool		backing_off = false;
-	MemoryContext old;
+	return es_window_count + es_outcome->nsettled < es_relay_window_messages &&
+		es_window_bytes < (Size) es_relay_window_memory * 1024;
+}
 
-	if (es_unrecorded != NULL)
-	{
-		old = MemoryContextSwitchTo(batch_cxt);
-		EsRelayRecord(es_unrecorded);
-		MemoryContextSwitchTo(old);
-		*wait_ms = 0;			/* then read the outbox at once */
-		return 0;
-	}
+/* Whether nothing is in the window, settled or not */
+static bool
+EsWindowEmpty(void)
+{
+	return es_window == NIL && es_outcome->nsettled == 0;
+}
 
-	MemoryContextReset(batch_cxt);
-	old = MemoryContextSwitchTo(batch_cxt);
+/* Read the next ready rows into the window and send them */
+static void
+EsReadAndSend(void)
+{
+	MemoryContext cxt = AllocSetContextCreate(es_relay_cxt, "eventstore relay batch",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	EsBatch    *b = palloc0(sizeof(EsBatch));
+	Oid			outbox;
+	long		wait_ms = es_relay_idle_interval;
+	TimestampTz retry_due = 0;
+	int			limit = Min(es_relay_batch_size,
+							es_relay_window_messages - es_window_count - es_outcome->nsettled);
+	int			i;
+
 	es_round_step = "reading the outbox";
-	n = EsRelayFetch(&msgs, wait_ms, &backing_off);
-	MemoryContextSwitchTo(batch_cxt);
-	if (n > 0)
-	{
-		es_round_step = "sending";
-		EsRelayShowState(ES_RELAY_SENDING);
-		pgstat_report_activity(STATE_RUNNING, psprintf("eventstore relay: sending %d messages", n));
-		EsKafkaSend(msgs, n);
-		/* From here on the batch is recorded, not sent again */
-		outcome = EsRelayClassify(msgs, n);
-		es_unrecorded = outcome;
-		EsRelayRecord(outcome);
-		MemoryContextSwitchTo(batch_cxt);
-
-		/*
-		 * *wait_ms was computed before this batch was sent: messages it left
-		 * for the next round go at once, and a retry it scheduled may be due
-		 * before the time computed then
-		 */
-		if (outcome->skipped)
-			*wait_ms = 0;
-		else if (outcome->nretry > 0)
-			*wait_ms = Max(1, Min(*wait_ms, (long) outcome->first_retry_ms));
-	}
-	else
-	{
-		es_failed_rounds = 0;
-		EsRelayShowState(backing_off ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
-	}
-	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting for messages");
+	b->cxt = cxt;
+	es_reading_cxt = cxt;
+	b->n = EsRelayFetch(&outbox, es_last_read, limit, &b->msgs, &wait_ms, &retry_due);
+	es_reading_cxt = NULL;
 	MemoryContextSwitchTo(old);
-	return n;
+	es_read_wanted = b->n == limit;
+	es_read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+	if (retry_due != 0 && (es_revisit_at == 0 || retry_due < es_revisit_at))
+		es_revisit_at = retry_due;
+
+	if (outbox != es_window_outbox)
+	{
+		/*
+		 * The extension was created (again): ids start over.  What the
+		 * window holds came from the old table; read the new one from its
+		 * start once the window drained.
+		 */
+		MemoryContextDelete(cxt);
+		if (EsWindowEmpty())
+		{
+			es_window_outbox = outbox;
+			es_last_read = 0;
+			es_read_wanted = OidIsValid(outbox);
+		}
+		else
+			es_revisit = true;
+		return;
+	}
+	if (b->n == 0)
+	{
+		MemoryContextDelete(cxt);
+		return;
+	}
+
+	es_last_read = b->msgs[b->n - 1].id;
+	es_window = lappend(es_window, b);
+	es_window_count += b->n;
+	for (i = 0; i < b->n; i++)
+		es_window_bytes += b->msgs[i].bytes;
+	es_round_step = "sending";
+	EsProduceBatch(b);
 }
 
 /*
  * Session settings of the worker's own, over those of the database and the
  * role: it must be able to write, never time out, read committed rows, and
- * resolve no name through a search_path it does not control
+ * resolve no name through a search_path it does not control.  Its commits
+ * need not wait for the WAL flush: a recording lost in a crash only means
+ * its messages are sent again.
  */
 static void
 EsRelaySessionSettings(void)
@@ -758,6 +607,7 @@ EsRelaySessionSettings(void)
 		{"idle_in_transaction_session_timeout", "0"},
 		{"session_replication_role", "origin"},
 		{"search_path", "pg_catalog, pg_temp"},
+		{"synchronous_commit", "off"},
 	};
 	int			i;
 
@@ -766,12 +616,10 @@ EsRelaySessionSettings(void)
 }
 
 /*
- * Recover from an ERROR in a round, as PostgreSQL's long-lived processes do
+ * Recover from an ERROR, as PostgreSQL's long-lived processes do
  * (autovacuum launcher, checkpointer): report it, abort the transaction,
  * release what the error left behind, and schedule the next try with the
- * retry backoff.  A sent batch whose recording failed stays in memory
- * (es_unrecorded); a batch that was not yet fully answered is dropped from
- * the producer and read again from the outbox.
+ * retry backoff.  The window and the settled outcome stay in memory.
  */
 static void
 EsRelayRecover(MemoryContext error_cxt)
@@ -793,9 +641,10 @@ EsRelayRecover(MemoryContext error_cxt)
 	pgstat_report_wait_end();
 	MemoryContextSwitchTo(TopMemoryContext);
 	FlushErrorState();
+	if (es_reading_cxt != NULL)
+		MemoryContextDelete(es_reading_cxt);
+	es_reading_cxt = NULL;
 
-	if (es_unrecorded == NULL && EsKafkaHasPending())
-		EsKafkaStop();
 	es_failed_rounds++;
 	es_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											  (int) EsBackoffMs(es_failed_rounds - 1));
@@ -807,36 +656,172 @@ EsRelayRecover(MemoryContext error_cxt)
 	RESUME_INTERRUPTS();
 }
 
+/* The earlier of a deadline and another (0: none) */
+static TimestampTz
+EsEarlier(TimestampTz a, TimestampTz b)
+{
+	return a == 0 ? b : (b == 0 ? a : Min(a, b));
+}
+
 /*
- * Sleep until the latch is set or wait_ms (-1: no limit) passed.  Table
- * statistics are reported meanwhile, as PostgresMain does between queries:
- * the outbox's autovacuum depends on the relay's deletes being counted.
- * What could not be reported yet goes out after a shorter wait, which does
- * not end the sleep: the outbox is read only when woken or at the end.
+ * When the oldest message in flight times out (0: none in flight): past it,
+ * what is still queued is purged, so that no later message of its
+ * partition can be sent after it failed
+ */
+static TimestampTz
+EsDeliveryDeadline(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, es_window)
+	{
+		EsBatch    *b = lfirst(lc);
+		int			i;
+
+		for (i = b->settled; i < b->looked_at; i++)
+			if (b->msgs[i].produced && !b->msgs[i].done)
+				return TimestampTzPlusMilliseconds(b->msgs[i].produced_at, es_delivery_timeout);
+	}
+	return 0;
+}
+
+/*
+ * One turn of the worker: serve reports, settle, record, read and send as
+ * far as there is work; returns when to wake at the latest (0: no limit)
+ */
+static TimestampTz
+EsRelayTurn(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz wake = 0;
+	TimestampTz deadline;
+	bool		running;
+
+	if (es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged())
+		es_draining = EsKafkaRunning();
+	if (EsKafkaFailed())
+	{
+		EsKafkaStop();
+		EsFailUnreported();
+	}
+
+	EsKafkaServe();
+	if (EsKafkaTakeFailure())
+		es_revisit = true;		/* stop reading until it settled */
+	if (EsRelayTakeRevisit())
+		es_revisit = true;
+	if (es_revisit_at != 0 && now >= es_revisit_at)
+	{
+		es_revisit = true;
+		es_revisit_at = 0;
+	}
+	EsSettleWindow();
+	deadline = EsDeliveryDeadline();
+	if (deadline != 0 && now >= deadline)
+	{
+		EsKafkaPurgeQueue();
+		wake = TimestampTzPlusMilliseconds(now, ES_PURGE_RECHECK_MS);
+	}
+	else
+		wake = deadline;
+	if (EsRecordDue(now))
+		EsRecordSettled();
+	if (es_draining && EsWindowEmpty())
+	{
+		EsKafkaStop();
+		es_draining = false;
+	}
+
+	running = EsKafkaRunning();
+	if (!running && es_kafka_brokers[0] != '\0' && EsWindowEmpty())
+	{
+		if (!EsKafkaStart())
+		{
+			EsRelaySetState(ES_RELAY_CONNECTING);
+			EsRelayAccount(0, 0, 0, "invalid Kafka settings: see the server log", NULL, 0);
+			return TimestampTzPlusMilliseconds(now, es_retry_backoff_max);
+		}
+		running = true;
+	}
+	if (!running)
+	{
+		EsRelaySetState(ES_RELAY_DISABLED);
+		return wake;			/* off: sleep until a reload */
+	}
+
+	/* Finish sending a read that an error interrupted */
+	if (es_window != NIL && ((EsBatch *) llast(es_window))->looked_at <
+		((EsBatch *) llast(es_window))->n)
+		EsProduceBatch(llast(es_window));
+
+	/* Once the window drained, read the outbox again from the start */
+	if (es_revisit && EsWindowEmpty())
+	{
+		es_revisit = false;
+		es_last_read = 0;
+		es_read_wanted = true;
+		EsResetKeys();
+	}
+	if (es_read_at != 0 && now >= es_read_at)
+		es_read_wanted = true;
+	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom())
+	{
+		EsReadAndSend();
+		EsKafkaServe();
+		EsSettleWindow();
+	}
+
+	EsRelaySetInFlight(EsKafkaInFlight());
+	EsKafkaProbe();
+	EsRelayShowState(es_window != NIL ? ES_RELAY_SENDING :
+					 es_revisit_at != 0 ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
+
+	/* More to do at once, or the earliest of the timers */
+	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom())
+		return now;
+	if (es_revisit && EsWindowEmpty())
+		return now;
+	if (es_outcome->nsettled > 0)
+		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(es_outcome->first_at, ES_RECORD_DELAY_MS));
+	wake = EsEarlier(wake, es_revisit_at);
+	if (!es_revisit)
+		wake = EsEarlier(wake, es_read_at);
+	if (EsKafkaBrokersDown())
+		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(now, 1000));
+	return wake;
+}
+
+/*
+ * Sleep until the latch is set, a delivery report arrives, or 'wake' (0:
+ * no limit).  Table statistics are reported first, as PostgresMain does
+ * between queries: the outbox's autovacuum depends on the relay's deletes
+ * being counted; what could not be reported yet shortens the sleep.
  */
 static void
-EsRelaySleep(long wait_ms)
+EsRelaySleep(TimestampTz wake)
 {
-	TimestampTz deadline = wait_ms >= 0 ?
-		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms) : 0;
+	long		stats_ms = pgstat_report_stat(false);
+	long		sleep_ms = -1;
+	pgsocket	sock = EsKafkaReportSocket();
+	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+	int			rc;
 
-	for (;;)
+	if (wake != 0)
+		sleep_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), wake);
+	if (stats_ms > 0 && (sleep_ms < 0 || stats_ms < sleep_ms))
+		sleep_ms = stats_ms;
+	if (sleep_ms == 0)
+		return;
+	if (sleep_ms > 0)
+		events |= WL_TIMEOUT;
+	if (sock != PGINVALID_SOCKET)
+		events |= WL_SOCKET_READABLE;
+	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting");
+	rc = WaitLatchOrSocket(MyLatch, events, sock, sleep_ms, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
 	{
-		long		sleep_ms = wait_ms;
-		long		stats_ms = pgstat_report_stat(false);
-		int			rc;
-
-		if (wait_ms >= 0)
-			sleep_ms = Max(0, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline));
-		if (stats_ms > 0 && (sleep_ms < 0 || stats_ms < sleep_ms))
-			sleep_ms = stats_ms;
-		rc = WaitLatch(MyLatch,
-					   WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (sleep_ms >= 0 ? WL_TIMEOUT : 0),
-					   sleep_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		if ((rc & WL_LATCH_SET) ||
-			(wait_ms >= 0 && GetCurrentTimestamp() >= deadline))
-			return;
+		es_read_wanted = true;
 	}
 }
 
@@ -845,7 +830,6 @@ void
 eventstore_relay_main(Datum arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
-	MemoryContext batch_cxt;
 	MemoryContext error_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -858,65 +842,45 @@ eventstore_relay_main(Datum arg)
 	before_shmem_exit(EsRelayExit, (Datum) 0);
 	/* Runs first (callbacks run in reverse order): flush the producer */
 	before_shmem_exit(EsKafkaAtExit, (Datum) 0);
-	batch_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay batch",
-									  ALLOCSET_DEFAULT_SIZES);
+	es_relay_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay",
+										 ALLOCSET_DEFAULT_SIZES);
+	es_outcome_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay outcome",
+										   ALLOCSET_DEFAULT_SIZES);
 	error_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay error",
 									  ALLOCSET_DEFAULT_SIZES);
+	es_outcome = EsNewOutcome();
+	EsResetKeys();
 	ereport(LOG,
 			(errmsg("eventstore relay started for database \"%s\"", es_database)));
-	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting for messages");
 
-	/* An ERROR in a round comes back here: see EsRelayRecover */
+	/* An ERROR comes back here: see EsRelayRecover */
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
 		EsRelayRecover(error_cxt);
 	PG_exception_stack = &local_sigjmp_buf;
 
 	for (;;)
 	{
-		long		wait_ms = es_relay_idle_interval;
+		TimestampTz wake;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			es_read_wanted = true;
 		}
-		if (es_unrecorded == NULL &&
-			(es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged() || EsKafkaFailed()))
-			EsKafkaStop();
 
-		if (es_retry_at != 0 && GetCurrentTimestamp() >= es_retry_at)
-			es_retry_at = 0;	/* the backoff after an error has passed */
-
-		if (es_retry_at != 0)
+		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)
 		{
-			/* After an error: wait for the backoff, whatever wakes us */
-			wait_ms = Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), es_retry_at));
-		}
-		else if (es_unrecorded != NULL)
-			(void) EsRelayRound(batch_cxt, &wait_ms);
-		else if (es_kafka_brokers[0] == '\0')
-		{
-			EsRelaySetState(ES_RELAY_DISABLED);
-			wait_ms = -1;		/* off: sleep until a reload */
-		}
-		else if (!EsKafkaRunning() && !EsKafkaStart())
-		{
-			EsRelaySetState(ES_RELAY_CONNECTING);
-			EsRelayAccount(0, 0, 0, "invalid Kafka settings: see the server log", NULL, 0);
-			wait_ms = es_retry_backoff_max;
+			/* After an error: only serve reports until the backoff passed */
+			EsKafkaServe();
+			wake = es_retry_at;
 		}
 		else
 		{
-			EsKafkaServe();
-			if (EsRelayRound(batch_cxt, &wait_ms) == es_relay_batch_size)
-			{
-				(void) pgstat_report_stat(false);
-				continue;
-			}
+			es_retry_at = 0;
+			wake = EsRelayTurn();
 		}
-
-		if (wait_ms != 0)
-			EsRelaySleep(wait_ms);
+		EsRelaySleep(wake);
 	}
 }

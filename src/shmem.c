@@ -1,7 +1,8 @@
 /*
  * shmem.c
  *		The extension's shared memory: where backends find the relay worker's
- *		latch to wake it when they commit messages, and the condition
+ *		latch to wake it when they commit messages, the times of those
+ *		commits (the relay's latencies start there), and the condition
  *		variable that subscriptions' poll() waits on for new events.
  *
  * It exists only when the library is in shared_preload_libraries; without
@@ -21,13 +22,30 @@
 
 #include "eventstore.h"
 
+/*
+ * A transaction that enqueued outbox messages, as it committed: every id
+ * it took is at most 'bound' (the outbox sequence's last value just before
+ * its commit)
+ */
+typedef struct EsCommitMark
+{
+	int64		bound;
+	TimestampTz at;
+} EsCommitMark;
+
+/* The latest commits of outbox messages the relay looks up */
+#define ES_COMMIT_MARKS 1024
+
 /* What backends share with the relay worker */
 typedef struct EsShared
 {
 	slock_t		mutex;
 	Latch	   *relay_latch;	/* the relay's latch, NULL while none runs */
+	bool		relay_revisit;	/* rows it passed may be ready: look again */
 	EsRelayStats stats;			/* what relay_status() shows */
 	ConditionVariable events_cv;	/* broadcast when appends end */
+	uint64		commits_written;	/* marks written since startup */
+	EsCommitMark commits[ES_COMMIT_MARKS];	/* a ring of the latest */
 } EsShared;
 
 /* How often a waiting poll() looks again without shared memory */
@@ -66,6 +84,8 @@ EsShmemStartup(void)
 	{
 		SpinLockInit(&es_shared->mutex);
 		es_shared->relay_latch = NULL;
+		es_shared->relay_revisit = false;
+		es_shared->commits_written = 0;
 		memset(&es_shared->stats, 0, sizeof(EsRelayStats));
 		ConditionVariableInit(&es_shared->events_cv);
 	}
@@ -106,6 +126,87 @@ EsSetRelayLatch(Latch *latch)
 	{
 		es_shared->stats.pid = 0;
 		es_shared->stats.state = ES_RELAY_STOPPED;
+	}
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/* Whether the relay was asked to read passed rows again (and clear it) */
+bool
+EsRelayTakeRevisit(void)
+{
+	bool		revisit;
+
+	if (es_shared == NULL)
+		return false;
+	SpinLockAcquire(&es_shared->mutex);
+	revisit = es_shared->relay_revisit;
+	es_shared->relay_revisit = false;
+	SpinLockRelease(&es_shared->mutex);
+	return revisit;
+}
+
+/* How many messages the relay has in flight, for relay_status() */
+void
+EsRelaySetInFlight(int in_flight)
+{
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	es_shared->stats.in_flight = in_flight;
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/*
+ * Note the commit of a transaction that enqueued outbox ids up to 'bound'.
+ * Called at commit, once the transaction is visible and before its locks
+ * are released (so before the relay can read its rows); must not raise an
+ * error.
+ */
+void
+EsNoteOutboxCommit(int64 bound)
+{
+	EsCommitMark *mark;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	mark = &es_shared->commits[es_shared->commits_written % ES_COMMIT_MARKS];
+	mark->bound = bound;
+	mark->at = now;
+	es_shared->commits_written++;
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/*
+ * The commit times of outbox rows 'ids' (ascending), for the relay's
+ * latencies: for each, the time of the first commit noted after the relay's
+ * last look whose bound covers it, 0 if none.  That is the row's own
+ * transaction's commit, or an earlier one that took later ids while it was
+ * open: never later than its own.  Marks of bounds below an id are passed
+ * for good, since later reads only take larger ids (an id read again, for
+ * a retry, gets 0).
+ */
+void
+EsOutboxCommitTimes(const int64 *ids, int n, TimestampTz *out)
+{
+	static uint64 next = 0;		/* the first mark not passed yet */
+	uint64		written;
+	int			i;
+
+	memset(out, 0, sizeof(TimestampTz) * n);
+	if (es_shared == NULL || n == 0)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	written = es_shared->commits_written;
+	if (written - next > ES_COMMIT_MARKS)
+		next = written - ES_COMMIT_MARKS;	/* the oldest were overwritten */
+	for (i = 0; i < n && next < written; i++)
+	{
+		while (next < written && es_shared->commits[next % ES_COMMIT_MARKS].bound < ids[i])
+			next++;
+		if (next < written)
+			out[i] = es_shared->commits[next % ES_COMMIT_MARKS].at;
 	}
 	SpinLockRelease(&es_shared->mutex);
 }
@@ -169,11 +270,13 @@ EsRelayStatsCopy(EsRelayStats *copy)
 }
 
 /*
- * Wake the relay worker if one runs.  Called from a commit callback: it must
- * not raise an error, and SetLatch() does not.
+ * Wake the relay worker if one runs; with 'revisit', it also reads again
+ * outbox rows it has passed (dead letters of a parked key were requeued or
+ * discarded).  Called from a commit callback: it must not raise an error,
+ * and SetLatch() does not.
  */
 void
-EsWakeRelay(void)
+EsWakeRelay(bool revisit)
 {
 	Latch	   *latch;
 
@@ -181,6 +284,8 @@ EsWakeRelay(void)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
 	latch = es_shared->relay_latch;
+	if (revisit)
+		es_shared->relay_revisit = true;
 	SpinLockRelease(&es_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);

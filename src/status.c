@@ -55,8 +55,8 @@ eventstore_relay_status(PG_FUNCTION_ARGS)
 	EsRelayStats *st = palloc0(sizeof(EsRelayStats));
 	bool		have_shmem = EsRelayStatsCopy(st);
 	TupleDesc	tupdesc;
-	Datum		values[12];
-	bool		nulls[12];
+	Datum		values[13];
+	bool		nulls[13];
 	EsSavedUser saved;
 	bool		isnull;
 
@@ -109,5 +109,6 @@ eventstore_relay_status(PG_FUNCTION_ARGS)
 		values[10] = Float8GetDatum(EsQuantile(st->latency_ms, st->latency_count, 0.50));
 		values[11] = Float8GetDatum(EsQuantile(st->latency_ms, st->latency_count, 0.99));
 	}
+	values[12] = Int32GetDatum(st->in_flight);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -71,7 +71,7 @@ ok(wait_drained($node), 'the new outbox drains');
 $count{ $_->{payload} }++ for @{ consume($mock->{bootstrap}, 'new') };
 is(join(',', sort keys %count), '{"n": 1},{"n": 2},{"n": 3},{"n": 4}',
 	'every message of the new outbox was delivered');
-like(slurp_file($node->logfile), qr/the outcome of a sent batch is dropped/,
+like(slurp_file($node->logfile), qr/the outcome of sent messages is dropped/,
 	'the old outcome was dropped, and the log says so');
 
 # 2. Read-only by default and tiny timeouts for the database and the role

@@ -79,7 +79,8 @@ mock_command($mock, 'down all');
 $node->safe_psql('postgres',
 	q{SELECT eventstore.publish('shut', 'k' || i, jsonb_build_object('n', i)) FROM generate_series(1, 5) i});
 $node->poll_query_until('postgres',
-	q{SELECT state = 'broker_down' FROM eventstore.relay_status()}) or die 'no outage';
+	q{SELECT state = 'broker_down' AND in_flight > 0 FROM eventstore.relay_status()})
+  or die 'no outage with messages in flight';
 my $offset = -s $node->logfile;
 $node->stop('fast');
 pass('fast shutdown with messages in flight completed');
