@@ -481,8 +481,8 @@ EsRecordDue(TimestampTz now)
 		return false;
 	return o->nretry > 0 || o->ndead[0] > 0 || o->ndead[1] > 0 ||
 		o->nsettled >= es_relay_batch_size ||
-		es_window_count == 0 ||
 		es_window_count + o->nsettled >= es_relay_window_messages ||
+		(es_revisit && es_window_count == 0) ||
 		TimestampDifferenceExceeds(o->first_at, now, ES_RECORD_DELAY_MS);
 }
 
