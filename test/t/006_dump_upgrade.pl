@@ -1,7 +1,7 @@
 # Backup and upgrades.  A pg_dump of a database with the extension restores
 # into one where appends, read_all positions, outbox ids and subscriptions'
 # checkpoints go on from where they were, with no manual setval.  ALTER
-# EXTENSION eventstore UPDATE from 0.1.0 and from 0.2.0 keeps data,
+# EXTENSION eventstore UPDATE from 0.1.0, 0.2.0 and 0.3.0 keeps data,
 # positions, routes and outbox rows, and leaves the same objects as a fresh
 # install of the current version.
 use strict;
@@ -67,16 +67,23 @@ is($node->safe_psql('dst', q{SELECT string_agg(stream_id || ':' || stream_versio
 	FROM eventstore.poll('orders', 10)}), 'order-1:2,order-1:3,order-2:1',
 	'a restored subscription goes on after its checkpoint');
 
-# 2. Update from 0.1.0, and from 0.2.0
-for my $from ('0.1.0', '0.2.0')
+# 2. Update from 0.1.0, 0.2.0 and 0.3.0
+$node->safe_psql('postgres', 'CREATE ROLE status_reader');
+for my $from ('0.1.0', '0.2.0', '0.3.0')
 {
 	my $db = 'old_' . ($from =~ tr/./_/r);
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
 	$node->safe_psql($db, qq{CREATE EXTENSION eventstore VERSION '$from'});
 	write_history($db);
+	$node->safe_psql($db, 'GRANT USAGE ON SCHEMA eventstore TO status_reader;'
+		  . ' GRANT EXECUTE ON FUNCTION eventstore.relay_status() TO status_reader');
 	$node->safe_psql($db, 'ALTER EXTENSION eventstore UPDATE');
 	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'eventstore'}),
-		'0.3.0', "updated from $from to 0.3.0");
+		'0.4.0', "updated from $from to 0.4.0");
+	is($node->safe_psql($db, q{SET ROLE status_reader; SELECT in_flight >= 0 FROM eventstore.relay_status()}),
+		't', "$from: relay_status() has in_flight, and its grant was kept");
+	$node->safe_psql($db, 'REVOKE EXECUTE ON FUNCTION eventstore.relay_status() FROM status_reader;'
+		  . ' REVOKE USAGE ON SCHEMA eventstore FROM status_reader');
 	is($node->safe_psql($db, q{SELECT string_agg(stream_id || ':' || stream_version, ',' ORDER BY global_position)
 		FROM eventstore.read_all()}), 'order-1:1,order-1:2,cart-1:1', "$from: events kept, in position order");
 	is($node->safe_psql($db, q{SELECT eventstore.append_event('order-1', 2, 'Shipped', '{}')}),
@@ -138,8 +145,8 @@ $node->safe_psql('fresh', 'CREATE EXTENSION eventstore');
 my $fresh = $node->safe_psql('fresh', $catalog);
 cmp_ok(scalar(split /\n/, $fresh), '>', 50, 'the catalog listing covers the schema');
 like($fresh, qr/relation eventstore\.subscription_partitions/, 'the listing covers the subscriptions');
-is($node->safe_psql('old_0_1_0', $catalog), $fresh, 'updated from 0.1.0: the schema equals a fresh install of 0.3.0');
-is($node->safe_psql('old_0_2_0', $catalog), $fresh, 'updated from 0.2.0: the schema equals a fresh install of 0.3.0');
+is($node->safe_psql("old_$_", $catalog), $fresh, "updated from $_: the schema equals a fresh install of 0.4.0")
+  for ('0_1_0', '0_2_0', '0_3_0');
 like($fresh, qr/dumped eventstore\.events_global_position_seq/, 'the position sequence is dumped');
 
 $node->stop;
