@@ -4,9 +4,10 @@
  *		Kafka consumer, under a steady load of one-event transactions.
  *
  *		commit_to_consume --conninfo STR --brokers LIST --topic T --category C
- *			[--rate 1000] [--seconds 30] [--connections 4] [--calibrate]
+ *			[--rate 1000] [--seconds 30] [--count N] [--connections 4]
+ *			[--calibrate | --cold]
  *
- * Appends rate * seconds events on a fixed schedule, event i to the new
+ * Appends rate * seconds events (or --count) on a fixed schedule, event i to the new
  * stream "<category>-<run>-<i>", spread over <connections> connections; the
  * relay sends each to topic T keyed by its stream id (C must be routed to T).
  * A consumer assigned to all of T's partitions from their beginning (so that
@@ -15,12 +16,15 @@
  * that the consumer and the relay are running.  --calibrate needs no
  * database: it produces the same keys straight to T with the relay's
  * producer settings, which measures the broker's and the consumer's floor.
- * Prints one line:
+ * --cold produces the warm-up events that way too, so that the relay sees
+ * T for the first time with the first event of the load: its first
+ * messages to a topic its producer has not seen.  Prints one line:
  *
  *		sent=N received=R missing=M rate=ACHIEVED p50_ms=X p99_ms=X max_ms=X
- *		lag_max_ms=X negative=K
+ *		lag_max_ms=X negative=K first_ms=X
  *
- * where lag is how late a send started and negative counts events received
+ * where first is the latency of the first event sent (-1 if it is missing),
+ * lag is how late a send started and negative counts events received
  * before their commit returned.  Exits 0 when none is missing, 1 when some
  * are or on an error, 2 on misuse.
  */
@@ -49,12 +53,12 @@ typedef struct LoadThread
 } LoadThread;
 
 static const char *conninfo, *brokers, *topic, *category;
-static int	rate = 1000, seconds = 30, connections = 4, calibrate = 0;
+static int	rate = 1000, seconds = 30, count = 0, connections = 4, calibrate = 0, cold = 0;
 static char prefix[256];		/* "<category>-<run>-" */
 static long n_events;
 static int64_t start_ns;
 static int64_t *t_sched, *t_commit, *t_recv;
-static rd_kafka_t *producer;	/* --calibrate only */
+static rd_kafka_t *producer;	/* --calibrate and --cold only */
 
 /* Shared with the consumer thread, under lock */
 static long stop_consumer = 0, warmup_seen = 0, received = 0;
@@ -69,7 +73,7 @@ conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
 		die("%s: %s\n", name, errstr);
 }
 
-/* --calibrate: report a failed delivery (that event will be missing) */
+/* The bench's own producer: report a failed delivery (that event will be missing) */
 static void
 on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
@@ -283,7 +287,7 @@ static const struct
 	{"--conninfo", &conninfo, NULL}, {"--brokers", &brokers, NULL},
 	{"--topic", &topic, NULL}, {"--category", &category, NULL},
 	{"--rate", NULL, &rate}, {"--seconds", NULL, &seconds},
-	{"--connections", NULL, &connections},
+	{"--count", NULL, &count}, {"--connections", NULL, &connections},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -303,6 +307,11 @@ parse_args(int argc, char **argv)
 			calibrate = 1;
 			continue;
 		}
+		if (strcmp(argv[a], "--cold") == 0)
+		{
+			cold = 1;
+			continue;
+		}
 		for (o = 0; o < NOPTIONS && strcmp(argv[a], options[o].name) != 0; o++)
 			;
 		if (o == NOPTIONS || ++a == argc)
@@ -314,7 +323,8 @@ parse_args(int argc, char **argv)
 		else
 			return 0;
 	}
-	return brokers && topic && category && strlen(category) < 128 && (conninfo || calibrate);
+	return brokers && topic && category && strlen(category) < 128 && (conninfo || calibrate) &&
+		!(calibrate && cold);
 }
 
 int
@@ -337,12 +347,13 @@ main(int argc, char **argv)
 	if (!parse_args(argc, argv))
 	{
 		fprintf(stderr, "usage: %s --conninfo STR --brokers LIST --topic T --category C "
-				"[--rate 1000] [--seconds 30] [--connections 4] [--calibrate]\n", argv[0]);
+				"[--rate 1000] [--seconds 30] [--count N] [--connections 4] "
+				"[--calibrate | --cold]\n", argv[0]);
 		return 2;
 	}
 	snprintf(run, sizeof(run), "%lxp%d", (long) time(NULL), (int) getpid());
 	snprintf(prefix, sizeof(prefix), "%s-%s-", category, run);
-	n_events = (long) rate * seconds;
+	n_events = count > 0 ? count : (long) rate * seconds;
 	t_sched = calloc(n_events, sizeof(int64_t));
 	t_commit = calloc(n_events, sizeof(int64_t));
 	t_recv = calloc(n_events, sizeof(int64_t));
@@ -352,7 +363,7 @@ main(int argc, char **argv)
 		die("out of memory\n");
 
 	/* The senders: a connection per thread, or one shared producer */
-	if (calibrate)
+	if (calibrate || cold)
 	{
 		rd_kafka_conf_t *conf = rd_kafka_conf_new();
 
@@ -364,9 +375,9 @@ main(int argc, char **argv)
 		if ((producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))) == NULL)
 			die("%s\n", errstr);
 	}
-	else
+	if (!calibrate)
 	{
-		warm_conn = db_connect();
+		warm_conn = cold ? NULL : db_connect();
 		for (t = 0; t < connections; t++)
 			threads[t].conn = db_connect();
 	}
@@ -408,11 +419,12 @@ main(int argc, char **argv)
 		}
 	qsort(lat, nrecv, sizeof(double), cmp_double);
 	printf("sent=%ld received=%ld missing=%ld rate=%.0f p50_ms=%.3f p99_ms=%.3f "
-		   "max_ms=%.3f lag_max_ms=%.3f negative=%ld\n",
+		   "max_ms=%.3f lag_max_ms=%.3f negative=%ld first_ms=%.3f\n",
 		   n_events, nrecv, n_events - nrecv,
 		   (double) n_events * NS_PER_SEC / (double) (last - start_ns),
 		   percentile(lat, nrecv, 50), percentile(lat, nrecv, 99),
-		   percentile(lat, nrecv, 100), (double) lag / 1e6, negative);
+		   percentile(lat, nrecv, 100), (double) lag / 1e6, negative,
+		   t_recv[0] != 0 ? (double) (t_recv[0] - t_commit[0]) / 1e6 : -1.0);
 	fflush(stdout);
 
 	rd_kafka_consumer_close(consumer);
