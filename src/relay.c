@@ -131,6 +131,7 @@ static Oid	es_window_outbox = InvalidOid;	/* the table they were read from */
  * that can only hold a message back, never let one overtake another.
  */
 static HTAB *es_keys = NULL;
+static MemoryContext es_keys_cxt = NULL;	/* the table and its topics */
 
 /* The retriable error last logged for the outcome being settled */
 static rd_kafka_resp_err_t es_logged_err = RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -251,11 +252,10 @@ EsResetKeys(void)
 {
 	HASHCTL		ctl;
 
-	if (es_keys != NULL)
-		hash_destroy(es_keys);
+	MemoryContextReset(es_keys_cxt);
 	ctl.keysize = sizeof(uint32);
 	ctl.entrysize = sizeof(EsKeyState);
-	ctl.hcxt = es_relay_cxt;
+	ctl.hcxt = es_keys_cxt;
 	es_keys = hash_create("eventstore relay keys", 1024, &ctl,
 						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
@@ -275,7 +275,7 @@ EsKeyOf(const EsMessage *m, bool create)
 	if (k != NULL && !found)
 	{
 		k->unsettled = 0;
-		k->topic = MemoryContextStrdup(es_relay_cxt, m->topic);
+		k->topic = MemoryContextStrdup(es_keys_cxt, m->topic);
 		k->blocked_from = 0;
 	}
 	return k;
@@ -324,7 +324,7 @@ EsProduceBatch(EsBatch *b)
 			if (k != NULL && k->unsettled == 0 && strcmp(k->topic, m->topic) != 0)
 			{
 				pfree(k->topic);
-				k->topic = MemoryContextStrdup(es_relay_cxt, m->topic);
+				k->topic = MemoryContextStrdup(es_keys_cxt, m->topic);
 			}
 			if (!m->done)		/* refused when read: not convertible */
 			{
@@ -550,6 +550,7 @@ EsReadAndSend(void)
 	b->n = EsRelayFetch(&outbox, es_last_read, limit, &b->msgs, &wait_ms, &retry_due);
 	es_reading_cxt = NULL;
 	MemoryContextSwitchTo(old);
+	es_failed_rounds = 0;
 	es_read_wanted = b->n == limit;
 	es_read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 	if (retry_due != 0 && (es_revisit_at == 0 || retry_due < es_revisit_at))
@@ -846,6 +847,8 @@ eventstore_relay_main(Datum arg)
 										 ALLOCSET_DEFAULT_SIZES);
 	es_outcome_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay outcome",
 										   ALLOCSET_DEFAULT_SIZES);
+	es_keys_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay keys",
+										ALLOCSET_DEFAULT_SIZES);
 	error_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay error",
 									  ALLOCSET_DEFAULT_SIZES);
 	es_outcome = EsNewOutcome();
