@@ -152,6 +152,9 @@ static bool es_revisit = false;
 /* When to do so for a retry falling due (0: none known) */
 static TimestampTz es_revisit_at = 0;
 
+/* Whether outbox rows may wait for a retry (see EsRelayFetch) */
+static bool es_retries_pending = true;
+
 /* Whether to read the outbox now, and when at the latest */
 static bool es_read_wanted = true;
 static TimestampTz es_read_at = 0;
@@ -508,6 +511,7 @@ EsRecordSettled(void)
 		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													  (int) Max(1, o->first_retry_ms));
 
+		es_retries_pending = true;
 		if (es_revisit_at == 0 || due < es_revisit_at)
 			es_revisit_at = due;
 	}
@@ -547,7 +551,8 @@ EsReadAndSend(void)
 	es_round_step = "reading the outbox";
 	b->cxt = cxt;
 	es_reading_cxt = cxt;
-	b->n = EsRelayFetch(&outbox, es_last_read, limit, &b->msgs, &wait_ms, &retry_due);
+	b->n = EsRelayFetch(&outbox, es_last_read, limit, &b->msgs, &wait_ms, &retry_due,
+						&es_retries_pending);
 	es_reading_cxt = NULL;
 	MemoryContextSwitchTo(old);
 	es_failed_rounds = 0;

@@ -83,7 +83,7 @@ extern int	EsKafkaInFlight(void);
 
 /* relay_outbox.c */
 extern int	EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
-						 long *wait_ms, TimestampTz *retry_due);
+						 long *wait_ms, TimestampTz *retry_due, bool *retries);
 extern bool EsRelayRecord(EsOutcome *o, Oid outbox);
 
 /* relay.c */

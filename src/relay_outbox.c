@@ -181,19 +181,26 @@ EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
  * Read ready outbox rows after id 'after' into 'msgs' (allocated in the
  * current memory context, which must outlive the transaction), at most
  * 'limit'; returns how many.  *outbox is set to the outbox table's OID
- * (InvalidOid: no extension yet).  When fewer than 'limit' were found,
- * *wait_ms says how soon to look again (committed rows held back by an open
- * transaction, or no extension) and *retry_due when the next retry is due
- * (0: none); otherwise they are left alone.
+ * (InvalidOid: no extension yet).
+ *
+ * '*retries' says whether rows may wait for a retry: when false, the check
+ * that a row's key has no earlier row waiting for one is skipped (an index
+ * probe per row).  The relay is the only writer of next_attempt_at, so it
+ * knows: it passes true until a read found none, and after it scheduled
+ * one.  When fewer than 'limit' rows were found, or with '*retries', the
+ * next retry is looked up: *retry_due is set to when it is due (0: none)
+ * and *retries to whether there is one; and when fewer than 'limit' were
+ * found, *wait_ms says how soon to look again (committed rows held back by
+ * an open transaction, or no extension).
  */
 int
 EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
-			 long *wait_ms, TimestampTz *retry_due)
+			 long *wait_ms, TimestampTz *retry_due, bool *retries)
 {
 	static SPIPlanPtr fetch_plan = NULL;
 	static SPIPlanPtr due_plan = NULL;
-	Oid			argtypes[4] = {INT8OID, INT4OID, BOOLOID, INT8OID};
-	Datum		values[4];
+	Oid			argtypes[5] = {INT8OID, INT4OID, BOOLOID, INT8OID, BOOLOID};
+	Datum		values[5];
 	MemoryContext batch_cxt = CurrentMemoryContext;
 	char	   *source;
 	Oid			to_utf8;
@@ -239,6 +246,7 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 	values[1] = Int32GetDatum(limit);
 	values[2] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
 	values[3] = Int64GetDatum(after);
+	values[4] = BoolGetDatum(*retries);
 	source = MemoryContextStrdup(batch_cxt, EsCloudEventsSource());
 	PushActiveSnapshot(GetTransactionSnapshot());
 
@@ -261,14 +269,14 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 								" AND o.id OPERATOR(pg_catalog.>) $4"
 								" AND (o.next_attempt_at IS NULL"
 								" OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
-								" AND NOT EXISTS (SELECT FROM eventstore.outbox b"
+								" AND NOT ($5 AND EXISTS (SELECT FROM eventstore.outbox b"
 								" WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
 								" AND b.id OPERATOR(pg_catalog.<) o.id"
-								" AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now())"
+								" AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()))"
 								" AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d"
 								" WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key))"
 								" ORDER BY o.id LIMIT $2",
-								4, argtypes, CURSOR_OPT_GENERIC_PLAN),
+								5, argtypes, CURSOR_OPT_GENERIC_PLAN),
 			  values, NULL, true, SPI_OK_SELECT);
 
 	*msgs = MemoryContextAllocZero(batch_cxt, sizeof(EsMessage) * Max(SPI_processed, 1));
@@ -325,7 +333,7 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 		MemoryContextSwitchTo(old);
 	}
 
-	if (n < limit)
+	if (n < limit || *retries)
 	{
 		bool		isnull;
 		Datum		due;
@@ -349,7 +357,9 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		*retry_due = isnull ? 0 :
 			TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(1, DatumGetInt64(due)));
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		*retries = !isnull;
+		if (n < limit &&
+			DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 			*wait_ms = ES_HELD_BACK_RECHECK_MS;
 	}
 
