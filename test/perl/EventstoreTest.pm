@@ -16,7 +16,7 @@ use Test::More;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(start_mock stop_mock mock_command relay_node consume wait_drained
-  relay_pid first_seen_order);
+  relay_pid first_seen_order last_seen_order);
 
 my $tools = "$ENV{TESTDIR}/test/tools";
 
@@ -126,6 +126,21 @@ sub first_seen_order
 		my $v = $field->($m);
 		next if $seen{ $m->{key} }{$v}++;
 		push @{ $order{ $m->{key} } }, $v;
+	}
+	return \%order;
+}
+
+# For each key, the values of $field in the order their last copy arrived:
+# an early copy that was sent again later counts where it arrived last.
+sub last_seen_order
+{
+	my ($msgs, $field) = @_;
+	my (%order, %seen);
+	for my $m (reverse @$msgs)
+	{
+		my $v = $field->($m);
+		next if $seen{ $m->{key} }{$v}++;
+		unshift @{ $order{ $m->{key} } }, $v;
 	}
 	return \%order;
 }
