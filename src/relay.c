@@ -725,7 +725,13 @@ EsRelayTurn(void)
 	deadline = EsDeliveryDeadline();
 	if (deadline != 0 && now >= deadline)
 	{
+		/*
+		 * Nothing more is sent until what the purge failed is settled: a
+		 * message produced now could reach the broker before the purged
+		 * ones of its key are sent again
+		 */
 		EsKafkaPurgeQueue();
+		es_revisit = true;
 		wake = TimestampTzPlusMilliseconds(now, ES_PURGE_RECHECK_MS);
 	}
 	else
