@@ -849,6 +849,7 @@ eventstore_relay_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(es_database, NULL, 0);
 	EsRelaySessionSettings();
+	EsRelayInstallPlannerHook();
 
 	EsSetRelayLatch(MyLatch);
 	before_shmem_exit(EsRelayExit, (Datum) 0);

@@ -85,6 +85,7 @@ extern int	EsKafkaInFlight(void);
 extern int	EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 						 long *wait_ms, TimestampTz *retry_due, bool *retries);
 extern bool EsRelayRecord(EsOutcome *o, Oid outbox);
+extern void EsRelayInstallPlannerHook(void);
 
 /* relay.c */
 extern void EsRelayShowState(EsRelayState state);
