@@ -8,9 +8,8 @@
 #      as a relay must read them), no Kafka;
 #  (b) the producer: producing the same messages (key, value, CloudEvents
 #      headers) with librdkafka alone (bench/produce_only), no database.
-# The relay waits for the broker to acknowledge each batch before it records
-# it and reads the next, so (c), librdkafka alone with that same discipline
-# (--flush-every, the relay's batch size), shows what that wait costs.
+# The relay keeps producing while acknowledgements are pending, so the
+# database work is its limit: the target is at least 0.75 of (a)'s rate.
 # Last, the peer: the same rows, copied into an outbox table of their own,
 # drained to a topic of their own by the relay most teams write by hand
 # (bench/peer_relay.py: Python, psycopg2 and confluent-kafka; a round
@@ -19,26 +18,26 @@
 # should drain at least twice as fast.
 
 bench_relay_drain() {
-	local streams=${1:-2000} n relay commit db producer batchwise slower ratio out peer
+	local streams=${1:-2000} n relay commit db producer ratio out peer
 	n=$((streams * 100))
 	bench_psql >/dev/null <<'SQL'
 CREATE OR REPLACE PROCEDURE bench_drain(streams int, per_stream int,
 	INOUT commit_seconds float8 DEFAULT NULL, INOUT drain_seconds float8 DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-	sent bigint;
 	events jsonb := (SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded',
 		'data', jsonb_build_object('sku', 'sku-' || i, 'qty', 1 + i % 3))) FROM generate_series(1, per_stream) i);
 	t0 timestamptz := clock_timestamp();
 	t1 timestamptz;
 BEGIN
-	SELECT sent_total INTO sent FROM eventstore.relay_status();
 	PERFORM eventstore.append('drain-' || i, 0, events) FROM generate_series(1, streams) i;
 	COMMIT;
 	t1 := clock_timestamp();
 	commit_seconds := extract(epoch FROM t1 - t0);
-	-- relay_status() reads shared memory: polling it costs the relay nothing
-	WHILE (SELECT sent_total FROM eventstore.relay_status()) < sent + streams * per_stream LOOP
+	-- Done when the relay has deleted every row as acknowledged (the moment
+	-- it counts them in sent_total).  relay_status() would count the whole
+	-- outbox at each look: 30 ms a look, a core's worth at this pace.
+	WHILE EXISTS (SELECT FROM eventstore.outbox) LOOP
 		PERFORM pg_sleep(0.005);
 	END LOOP;
 	drain_seconds := extract(epoch FROM clock_timestamp() - t1);
@@ -61,9 +60,6 @@ SQL
 		FROM eventstore.events e WHERE category = 'drain' ORDER BY global_position" > "$work/drain.jsonl"
 	out=$(bench/produce_only --brokers "$bootstrap" --input "$work/drain.jsonl")
 	producer=$(bench_field seconds "$out")
-	out=$(bench/produce_only --brokers "$bootstrap" --input "$work/drain.jsonl" \
-		--flush-every "$(bench_value 'SHOW eventstore.relay_batch_size')")
-	batchwise=$(bench_field seconds "$out")
 	rm -f "$work/drain.jsonl"
 
 	# (a) the same rows drained by plain SQL, the relay off
@@ -102,16 +98,13 @@ SQL
 	[ "$(bench_value 'SELECT count(*) FROM peer_outbox')" = 0 ] || { echo "bench: the peer relay left rows" >&2; return 1; }
 	bench_psql -c 'DROP TABLE peer_outbox' >/dev/null
 
-	slower=$(echo "if ($db > $producer) $db else $producer" | bc -l)
-	ratio=$(bench_div "$slower" "$relay")
+	ratio=$(bench_div "$db" "$relay")
 	bench_result "relay drain of $n committed events (messages/s)" "$(bench_fmt 0 "$(bench_div $n "$relay")")" \
-		"$(bench_fmt 0 "$(bench_div $n "$slower")") slower limit" "$(bench_fmt 2 "$ratio")" ">= 0.60" \
-		"$(bench_verdict "$ratio" '>=' 0.60)"
+		"$(bench_fmt 0 "$(bench_div $n "$db")") database limit (a)" "$(bench_fmt 2 "$ratio")" ">= 0.75" \
+		"$(bench_verdict "$ratio" '>=' 0.75)"
 	bench_result "  relay: commit -> all acknowledged (s)" "$(bench_fmt 2 "$relay")" "" "" "" ""
 	bench_result "  (a) database limit: batched DELETE ... RETURNING (s)" "$(bench_fmt 2 "$db")" "" "" "" ""
 	bench_result "  (b) producer limit: librdkafka alone (s)" "$(bench_fmt 2 "$producer")" "" "" "" ""
-	bench_result "  (c) librdkafka alone, waiting for each batch like the relay (s)" \
-		"$(bench_fmt 2 "$batchwise")" "" "" "" ""
 	bench_result "  appending them in one transaction (s)" "$(bench_fmt 2 "$commit")" "" "" "" ""
 	ratio=$(bench_div "$peer" "$relay")
 	bench_result "relay drain vs a hand-written relay (messages/s)" "$(bench_fmt 0 "$(bench_div $n "$relay")")" \
