@@ -601,31 +601,28 @@ EsKafkaProbe(void)
 
 /*
  * Hand one message to librdkafka; a local refusal is its outcome (done).
- * When librdkafka's queue is full, reports are served until there is room.
+ * False, and nothing done, when librdkafka's queue is full: the caller
+ * tries again once reports made room, without blocking meanwhile (the
+ * delivery timeout and its purge must go on).
  */
-void
+bool
 EsKafkaProduce(EsMessage *msg)
 {
 	rd_kafka_headers_t *hdrs = EsHeaders(msg);
 	rd_kafka_resp_err_t err;
 
-	for (;;)
+	err = rd_kafka_producev(es_producer,
+							RD_KAFKA_V_TOPIC(msg->topic),
+							RD_KAFKA_V_KEY(msg->key, msg->key ? strlen(msg->key) : 0),
+							RD_KAFKA_V_VALUE(msg->value, msg->value ? strlen(msg->value) : 0),
+							RD_KAFKA_V_HEADERS(hdrs),
+							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+							RD_KAFKA_V_OPAQUE(msg),
+							RD_KAFKA_V_END);
+	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
 	{
-		err = rd_kafka_producev(es_producer,
-								RD_KAFKA_V_TOPIC(msg->topic),
-								RD_KAFKA_V_KEY(msg->key, msg->key ? strlen(msg->key) : 0),
-								RD_KAFKA_V_VALUE(msg->value, msg->value ? strlen(msg->value) : 0),
-								RD_KAFKA_V_HEADERS(hdrs),
-								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-								RD_KAFKA_V_OPAQUE(msg),
-								RD_KAFKA_V_END);
-		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-			break;
-		/* The local queue is full: serve reports until there is room */
-		CHECK_FOR_INTERRUPTS();
-		if (!PostmasterIsAlive())
-			proc_exit(1);
-		rd_kafka_poll(es_producer, 10);
+		rd_kafka_headers_destroy(hdrs);
+		return false;
 	}
 	msg->produced = true;
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -636,4 +633,5 @@ EsKafkaProduce(EsMessage *msg)
 		msg->err = err;
 		msg->done = true;
 	}
+	return true;
 }

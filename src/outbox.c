@@ -22,6 +22,9 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "commands/extension.h"
+#include "utils/acl.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
@@ -126,15 +129,22 @@ EsOutboxEnqueuing(void)
 }
 
 /*
- * The outbox sequence's last value, or 0 if the sequence does not exist
- * (the extension was dropped in this transaction): never an error
+ * The outbox sequence's last value, or 0 when it cannot be read: the
+ * extension was dropped in this transaction, and what now has its name is
+ * not its sequence, or not readable by the schema's owner.  A commit must
+ * not fail for a latency figure.
  */
 static int64
 EsOutboxBound(void)
 {
-	Oid			schema = get_namespace_oid("eventstore", true);
+	Oid			schema;
+	Oid			seq;
 
-	if (!OidIsValid(schema) || !OidIsValid(get_relname_relid("outbox_id_seq", schema)))
+	if (!OidIsValid(get_extension_oid("eventstore", true)) ||
+		!OidIsValid(schema = get_namespace_oid("eventstore", true)) ||
+		!OidIsValid(seq = get_relname_relid("outbox_id_seq", schema)) ||
+		get_rel_relkind(seq) != RELKIND_SEQUENCE ||
+		pg_class_aclcheck(seq, EsSchemaOwner(), ACL_SELECT | ACL_USAGE) != ACLCHECK_OK)
 		return 0;
 	return EsLastValue(ES_SEQ_OUTBOX);
 }

@@ -77,6 +77,8 @@
 #include "eventstore.h"
 #include "relay.h"
 
+#include <math.h>
+
 /* Seconds before the postmaster restarts a relay that ended with an error */
 #define ES_RELAY_RESTART_SECS 2
 /* The longest acknowledged rows wait before they are recorded */
@@ -154,6 +156,9 @@ static TimestampTz es_revisit_at = 0;
 
 /* Whether outbox rows may wait for a retry (see EsRelayFetch) */
 static bool es_retries_pending = true;
+
+/* When an idle relay reads the outbox from its start again (0: not set) */
+static TimestampTz es_rescan_at = 0;
 
 /* Whether to read the outbox now, and when at the latest */
 static bool es_read_wanted = true;
@@ -305,7 +310,8 @@ EsForgetKeyIfIdle(EsKeyState *k)
 
 /*
  * Hand the batch's messages to the producer, or hold them (see the file
- * header).  Resumes where an error interrupted it.
+ * header).  Stops when librdkafka's queue is full, and resumes there (or
+ * where an error interrupted it) at the next call.
  */
 static void
 EsProduceBatch(EsBatch *b)
@@ -332,7 +338,8 @@ EsProduceBatch(EsBatch *b)
 			if (!m->done)		/* refused when read: not convertible */
 			{
 				m->produced_at = GetCurrentTimestamp();
-				EsKafkaProduce(m);
+				if (!EsKafkaProduce(m))
+					return;		/* queue full: later */
 				if (k != NULL)
 					k->unsettled++;
 			}
@@ -371,6 +378,15 @@ EsSettle(EsMessage *m)
 	o->nsettled++;
 	if (o->first_at == 0)
 		o->first_at = GetCurrentTimestamp();
+	/*
+	 * A retried message that leaves the outbox releases the later messages
+	 * of its key that reads passed: read from the start again
+	 */
+	if (m->attempts > 0 &&
+		(m->err == RD_KAFKA_RESP_ERR_NO_ERROR || EsKafkaIsPermanent(m->err) ||
+		 m->attempts + 1 >= es_max_attempts))
+		es_revisit = true;
+
 	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		o->latencies[o->nsent] = (double) (GetCurrentTimestamp() - m->committed_at) / 1000.0;
@@ -509,7 +525,7 @@ EsRecordSettled(void)
 	if (o->nretry > 0)
 	{
 		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													  (int) Max(1, o->first_retry_ms));
+													  (int) ceil(Max(1, o->first_retry_ms)));
 
 		es_retries_pending = true;
 		if (es_revisit_at == 0 || due < es_revisit_at)
@@ -524,6 +540,18 @@ EsWindowHasRoom(void)
 {
 	return es_window_count + es_outcome->nsettled < es_relay_window_messages &&
 		es_window_bytes < (Size) es_relay_window_memory * 1024;
+}
+
+/* Whether every message read was produced or held (none waits for room) */
+static bool
+EsWindowProduced(void)
+{
+	EsBatch    *tail;
+
+	if (es_window == NIL)
+		return true;
+	tail = llast(es_window);
+	return tail->looked_at == tail->n;
 }
 
 /* Whether nothing is in the window, settled or not */
@@ -761,10 +789,19 @@ EsRelayTurn(void)
 		return wake;			/* off: sleep until a reload */
 	}
 
-	/* Finish sending a read that an error interrupted */
-	if (es_window != NIL && ((EsBatch *) llast(es_window))->looked_at <
-		((EsBatch *) llast(es_window))->n)
+	/* Finish sending a read that a full queue or an error interrupted */
+	if (!EsWindowProduced() && !es_revisit)
 		EsProduceBatch(llast(es_window));
+
+	/*
+	 * The safety net: an idle relay reads the outbox from its start every
+	 * relay_idle_interval, for rows it passed that became ready in a way it
+	 * was not told of (dead letters deleted by hand)
+	 */
+	if (es_rescan_at == 0)
+		es_rescan_at = TimestampTzPlusMilliseconds(now, es_relay_idle_interval);
+	if (now >= es_rescan_at && EsWindowEmpty())
+		es_revisit = true;
 
 	/* Once the window drained, read the outbox again from the start */
 	if (es_revisit && EsWindowEmpty())
@@ -772,11 +809,13 @@ EsRelayTurn(void)
 		es_revisit = false;
 		es_last_read = 0;
 		es_read_wanted = true;
+		es_rescan_at = TimestampTzPlusMilliseconds(now, es_relay_idle_interval);
 		EsResetKeys();
 	}
 	if (es_read_at != 0 && now >= es_read_at)
 		es_read_wanted = true;
-	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom())
+	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom() &&
+		EsWindowProduced())
 	{
 		EsReadAndSend();
 		EsKafkaServe();
@@ -789,7 +828,8 @@ EsRelayTurn(void)
 					 es_revisit_at != 0 ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
 
 	/* More to do at once, or the earliest of the timers */
-	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom())
+	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom() &&
+		EsWindowProduced())
 		return now;
 	if (es_revisit && EsWindowEmpty())
 		return now;
@@ -798,6 +838,8 @@ EsRelayTurn(void)
 	wake = EsEarlier(wake, es_revisit_at);
 	if (!es_revisit)
 		wake = EsEarlier(wake, es_read_at);
+	if (EsWindowEmpty())
+		wake = EsEarlier(wake, es_rescan_at);
 	if (EsKafkaBrokersDown())
 		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(now, 1000));
 	return wake;
@@ -882,7 +924,8 @@ eventstore_relay_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			es_read_wanted = true;
+			/* on_dead_letter may have released parked rows it passed */
+			es_revisit = true;
 		}
 
 		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)

@@ -68,7 +68,7 @@ extern void EsKafkaStop(void);
 extern bool EsKafkaRunning(void);
 extern bool EsKafkaSettingsChanged(void);
 extern bool EsKafkaFailed(void);
-extern void EsKafkaProduce(EsMessage *msg);
+extern bool EsKafkaProduce(EsMessage *msg);
 extern void EsKafkaServe(void);
 extern void EsKafkaPurgeQueue(void);
 extern void EsKafkaProbe(void);

@@ -248,13 +248,17 @@ EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
  * 'limit'; returns how many.  *outbox is set to the outbox table's OID
  * (InvalidOid: no extension yet).
  *
- * '*retries' says whether rows may wait for a retry: when false, the check
- * that a row's key has no earlier row waiting for one is skipped (an index
- * probe per row).  The relay is the only writer of next_attempt_at, so it
- * knows: it passes true until a read found none, and after it scheduled
- * one.  When fewer than 'limit' rows were found, or with '*retries', the
- * next retry is looked up: *retry_due is set to when it is due (0: none)
- * and *retries to whether there is one; and when fewer than 'limit' were
+ * A row whose key has an earlier row scheduled for a retry is not read:
+ * when reading from the start (after = 0), only while that retry is not
+ * due (a due one is read first, in id order); after that, whether it is due
+ * or not, since it lies behind the read position and is read again only
+ * from the start (relay.c).  '*retries' says whether any row is scheduled
+ * for a retry: when false, that check (an index probe per row) is skipped.
+ * The relay is the only writer of next_attempt_at, so it knows: it passes
+ * true until a read found none, and after it scheduled one.  When fewer
+ * than 'limit' rows were found, or with '*retries', the retries are looked
+ * up: *retry_due is set to when the next is due (0: none in the future) and
+ * *retries to whether any is scheduled; and when fewer than 'limit' were
  * found, *wait_ms says how soon to look again (committed rows held back by
  * an open transaction, or no extension).
  */
@@ -323,7 +327,9 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 								" AND NOT ($5 AND EXISTS (SELECT FROM eventstore.outbox b"
 								" WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
 								" AND b.id OPERATOR(pg_catalog.<) o.id"
-								" AND b.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()))"
+								" AND b.next_attempt_at OPERATOR(pg_catalog.>)"
+								" CASE WHEN $4 OPERATOR(pg_catalog.=) 0 THEN pg_catalog.now()"
+								" ELSE '-infinity'::pg_catalog.timestamptz END))"
 								" AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d"
 								" WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key))"
 								" ORDER BY o.id LIMIT $2) o"
@@ -406,13 +412,16 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 						 " FROM eventstore.outbox"
 						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()),"
 						 " EXISTS (SELECT FROM eventstore.outbox"
-						 " WHERE id OPERATOR(pg_catalog.>=) $1)",
+						 " WHERE id OPERATOR(pg_catalog.>=) $1),"
+						 " EXISTS (SELECT FROM eventstore.outbox"
+						 " WHERE next_attempt_at IS NOT NULL)",
 						 1, argtypes),
 				  values, NULL, true, SPI_OK_SELECT);
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		*retry_due = isnull ? 0 :
 			TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(1, DatumGetInt64(due)));
-		*retries = !isnull;
+		*retries = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+											  &isnull));
 		if (n < limit &&
 			DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 			*wait_ms = ES_HELD_BACK_RECHECK_MS;

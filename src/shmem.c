@@ -29,6 +29,7 @@
  */
 typedef struct EsCommitMark
 {
+	Oid			database;
 	int64		bound;
 	TimestampTz at;
 } EsCommitMark;
@@ -172,6 +173,7 @@ EsNoteOutboxCommit(int64 bound)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
 	mark = &es_shared->commits[es_shared->commits_written % ES_COMMIT_MARKS];
+	mark->database = MyDatabaseId;
 	mark->bound = bound;
 	mark->at = now;
 	es_shared->commits_written++;
@@ -203,10 +205,15 @@ EsOutboxCommitTimes(const int64 *ids, int n, TimestampTz *out)
 		next = written - ES_COMMIT_MARKS;	/* the oldest were overwritten */
 	for (i = 0; i < n && next < written; i++)
 	{
-		while (next < written && es_shared->commits[next % ES_COMMIT_MARKS].bound < ids[i])
+		EsCommitMark *mark;
+
+		/* Pass marks of other databases, and those below the id */
+		while (next < written &&
+			   ((mark = &es_shared->commits[next % ES_COMMIT_MARKS])->database != MyDatabaseId ||
+				mark->bound < ids[i]))
 			next++;
 		if (next < written)
-			out[i] = es_shared->commits[next % ES_COMMIT_MARKS].at;
+			out[i] = mark->at;
 	}
 	SpinLockRelease(&es_shared->mutex);
 }
