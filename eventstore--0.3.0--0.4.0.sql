@@ -3,14 +3,18 @@
 -- 0.3.0 -> 0.4.0: the pipelined relay (see CHANGELOG.md).
 
 -- relay_status() shows the messages in flight: a new OUT column, so the
--- function is made anew, keeping the EXECUTE grants it had.
+-- function is made anew, keeping the EXECUTE grants it had (with their
+-- grant option).
 DO $$
 DECLARE
-	grantees text[];
+	grants text[];
+	g text;
 BEGIN
-	SELECT pg_catalog.array_agg(CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-		ELSE pg_catalog.quote_ident(r.rolname) END)
-	INTO grantees
+	SELECT pg_catalog.array_agg(pg_catalog.format('GRANT EXECUTE ON FUNCTION eventstore.relay_status() TO %s%s',
+		CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+		ELSE pg_catalog.quote_ident(r.rolname) END,
+		CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END))
+	INTO grants
 	FROM pg_catalog.pg_proc p
 	CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) a
 	LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
@@ -29,9 +33,8 @@ BEGIN
 	LANGUAGE C STRICT VOLATILE
 	AS 'MODULE_PATHNAME', 'eventstore_relay_status';
 	REVOKE ALL ON FUNCTION eventstore.relay_status() FROM PUBLIC;
-	IF grantees IS NOT NULL THEN
-		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION eventstore.relay_status() TO %s',
-								  pg_catalog.array_to_string(grantees, ', '));
-	END IF;
+	FOREACH g IN ARRAY coalesce(grants, '{}') LOOP
+		EXECUTE g;
+	END LOOP;
 END
 $$;
