@@ -68,6 +68,8 @@ typedef enum EsSequence
 extern void EsHoldHorizon(EsSequence seq);
 extern int64 EsHorizon(EsSequence seq);
 extern int64 EsLastValue(EsSequence seq);
+extern Oid	EsLastSequenceRead(EsSequence seq);
+extern int64 EsSequenceLastValue(Oid seqoid, Oid reader);
 
 /* eventstore.c: settings */
 extern char *es_kafka_brokers;

@@ -59,19 +59,43 @@ static const struct
 /* The local transaction that already holds its horizon lock, per sequence */
 static LocalTransactionId horizon_lxid[lengthof(es_horizons)];
 
+/* The sequence the last EsLastValue() read, per sequence */
+static Oid	horizon_seqoid[lengthof(es_horizons)];
+
 /* The last value taken from the sequence, 0 if none yet */
 int64
 EsLastValue(EsSequence seq)
 {
 	Oid			seqoid;
-	Oid			saved_user;
-	int			saved_context;
-	LOCAL_FCINFO(fcinfo, 1);
-	Datum		result;
 
 	seqoid = get_relname_relid(es_horizons[seq].seqname, EsSchemaOid());
 	if (!OidIsValid(seqoid))
 		elog(ERROR, "sequence eventstore.%s not found", es_horizons[seq].seqname);
+	horizon_seqoid[seq] = seqoid;
+	return EsSequenceLastValue(seqoid, EsSchemaOwner());
+}
+
+/*
+ * The OID of the sequence EsLastValue() last read (InvalidOid if none):
+ * it may have been dropped since
+ */
+Oid
+EsLastSequenceRead(EsSequence seq)
+{
+	return horizon_seqoid[seq];
+}
+
+/*
+ * The last value taken from sequence 'seqoid', 0 if none yet, read as
+ * 'reader' (who may read it)
+ */
+int64
+EsSequenceLastValue(Oid seqoid, Oid reader)
+{
+	Oid			saved_user;
+	int			saved_context;
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		result;
 
 	/* pg_sequence_last_value returns NULL before the first nextval */
 	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
@@ -82,7 +106,7 @@ EsLastValue(EsSequence seq)
 	 * and no user code runs here, so the search_path needs no pinning.
 	 */
 	GetUserIdAndSecContext(&saved_user, &saved_context);
-	SetUserIdAndSecContext(EsSchemaOwner(),
+	SetUserIdAndSecContext(reader,
 						   saved_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	result = pg_sequence_last_value(fcinfo);

@@ -21,19 +21,18 @@
  */
 #include "postgres.h"
 
-#include "catalog/namespace.h"
+#include "access/htup_details.h"
 #include "catalog/pg_class.h"
-#include "commands/extension.h"
-#include "utils/acl.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
-#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "eventstore.h"
 
@@ -130,23 +129,31 @@ EsOutboxEnqueuing(void)
 
 /*
  * The outbox sequence's last value, or 0 when it cannot be read: the
- * extension was dropped in this transaction, and what now has its name is
- * not its sequence, or not readable by the schema's owner.  A commit must
- * not fail for a latency figure.
+ * sequence this transaction took its ids from (EsHoldHorizon read it) was
+ * dropped with the extension in this transaction.  Syscache lookups only,
+ * and no name is resolved: a commit must not fail, nor slow down, for a
+ * latency figure.
  */
 static int64
 EsOutboxBound(void)
 {
-	Oid			schema;
-	Oid			seq;
+	Oid			seq = EsLastSequenceRead(ES_SEQ_OUTBOX);
+	HeapTuple	tup;
+	Oid			owner;
+	char		kind;
 
-	if (!OidIsValid(get_extension_oid("eventstore", true)) ||
-		!OidIsValid(schema = get_namespace_oid("eventstore", true)) ||
-		!OidIsValid(seq = get_relname_relid("outbox_id_seq", schema)) ||
-		get_rel_relkind(seq) != RELKIND_SEQUENCE ||
-		pg_class_aclcheck(seq, EsSchemaOwner(), ACL_SELECT | ACL_USAGE) != ACLCHECK_OK)
+	if (!OidIsValid(seq))
 		return 0;
-	return EsLastValue(ES_SEQ_OUTBOX);
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(seq));
+	if (!HeapTupleIsValid(tup))
+		return 0;
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	kind = ((Form_pg_class) GETSTRUCT(tup))->relkind;
+	ReleaseSysCache(tup);
+	if (kind != RELKIND_SEQUENCE ||
+		pg_class_aclcheck(seq, owner, ACL_SELECT | ACL_USAGE) != ACLCHECK_OK)
+		return 0;
+	return EsSequenceLastValue(seq, owner);
 }
 
 /*
