@@ -32,11 +32,13 @@
  * orders two topics.
  *
  * Reading again from the start ("revisit").  Reads only take ids after the
- * largest read so far, so rows the relay passed are looked at again only
- * when they can have become ready: after a failure, a held message, a
- * retry falling due, or requeued/discarded dead letters (a flag in shared
- * memory).  The relay stops reading, lets its window drain, and reads from
- * the first id again.
+ * largest read so far, and pass a row whose key has an earlier row
+ * scheduled for a retry (relay_outbox.c), so rows the relay passed are
+ * looked at again only when they can have become ready: after a failure, a
+ * held message, a retry falling due, a retried message leaving the outbox,
+ * requeued or discarded dead letters (a flag in shared memory), a reload,
+ * and every relay_idle_interval while idle.  The relay stops reading, lets
+ * its window drain, and reads from the first id again.
  *
  * Waking.  The worker sleeps on its latch and on librdkafka's report pipe
  * together.  A transaction that took the outbox horizon sets the latch once
