@@ -556,6 +556,24 @@ EsWindowProduced(void)
 	return tail->looked_at == tail->n;
 }
 
+/*
+ * Give up sending what a full queue left of the last read: those messages
+ * stay in the outbox (held) and are read again by the revisit, so that the
+ * window can drain for a revisit, a new producer or a stop
+ */
+static void
+EsHoldUnproduced(void)
+{
+	EsBatch    *tail;
+
+	if (EsWindowProduced())
+		return;
+	tail = llast(es_window);
+	for (; tail->looked_at < tail->n; tail->looked_at++)
+		tail->msgs[tail->looked_at].held = true;
+	es_revisit = true;
+}
+
 /* Whether nothing is in the window, settled or not */
 static bool
 EsWindowEmpty(void)
@@ -751,6 +769,8 @@ EsRelayTurn(void)
 		es_revisit = true;
 		es_revisit_at = 0;
 	}
+	if (es_revisit || es_draining || !EsKafkaRunning())
+		EsHoldUnproduced();
 	EsSettleWindow();
 	deadline = EsDeliveryDeadline();
 	if (deadline != 0 && now >= deadline)
@@ -838,7 +858,8 @@ EsRelayTurn(void)
 	if (es_outcome->nsettled > 0)
 		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(es_outcome->first_at, ES_RECORD_DELAY_MS));
 	wake = EsEarlier(wake, es_revisit_at);
-	if (!es_revisit)
+	/* The read timer only when a read could start (else: reports wake us) */
+	if (!es_revisit && !es_draining && EsWindowHasRoom() && EsWindowProduced())
 		wake = EsEarlier(wake, es_read_at);
 	if (EsWindowEmpty())
 		wake = EsEarlier(wake, es_rescan_at);
