@@ -10,7 +10,7 @@ PGFILEDESC = "eventstore - event store and transactional outbox"
 
 PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
-SHLIB_LINK = -lrdkafka
+SHLIB_LINK = -lrdkafka -lrabbitmq -lnats
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --load-extension=$(EXTENSION)

@@ -16,6 +16,9 @@ void		_PG_init(void);
 
 char	   *es_kafka_brokers = NULL;
 char	   *es_kafka_config = NULL;
+char	   *es_rabbitmq_url = NULL;
+char	   *es_nats_url = NULL;
+char	   *es_nats_credentials = NULL;
 char	   *es_database = NULL;
 char	   *es_cloudevents_source = NULL;
 char	   *es_dead_letter_topic = NULL;
@@ -60,6 +63,21 @@ EsDefineSettings(void)
 							   "Extra librdkafka producer properties: key=value pairs separated by semicolons, or @file with one pair per line.",
 							   "Visible to superusers only. Put secrets in a file: a reload logs a changed setting's value.",
 							   &es_kafka_config, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.rabbitmq_url",
+							   "RabbitMQ server the relay delivers to (amqp:// or amqps:// URL, or @file holding one); empty turns that sink off.",
+							   "Visible to superusers only. Put a URL with a password in a file: a reload logs a changed setting's value.",
+							   &es_rabbitmq_url, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.nats_url",
+							   "NATS servers the relay publishes to through JetStream (nats:// URLs separated by commas, or @file holding them); empty turns that sink off.",
+							   "Visible to superusers only. Put a URL with a password in a file: a reload logs a changed setting's value.",
+							   &es_nats_url, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstore.nats_credentials",
+							   "NATS credentials file (JWT and NKey seed) the relay connects with; empty: none.",
+							   "Visible to superusers only.",
+							   &es_nats_credentials, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstore.cloudevents_source",
 							   "CloudEvents source (ce_source) of relayed events, a URI-reference; empty means /eventstore/<database>, percent-encoded.",

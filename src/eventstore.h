@@ -74,6 +74,9 @@ extern int64 EsSequenceLastValue(Oid seqoid, Oid reader);
 /* eventstore.c: settings */
 extern char *es_kafka_brokers;
 extern char *es_kafka_config;
+extern char *es_rabbitmq_url;
+extern char *es_nats_url;
+extern char *es_nats_credentials;
 extern char *es_database;
 extern char *es_cloudevents_source;
 extern char *es_dead_letter_topic;
