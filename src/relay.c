@@ -829,7 +829,8 @@ EsRelayTurn(EsPipe *p)
 	{
 		if (!p->sink->start())
 		{
-			char	   *error = psprintf("invalid %s settings: see the server log", p->sink->name);
+			char	   *error = psprintf("invalid %s settings: see the server log",
+									 EsSinkTitle(p->id));
 
 			EsRelaySetState(p->id, ES_RELAY_CONNECTING);
 			EsRelayAccount(p->id, 0, 0, 0, error, NULL, 0);

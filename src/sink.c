@@ -28,6 +28,19 @@ static const char *const es_sink_names[ES_NUM_SINKS] = {
 	[ES_SINK_NATS] = "nats",
 };
 
+/* A sink's name in messages: Kafka, RabbitMQ, NATS */
+const char *
+EsSinkTitle(EsSinkId id)
+{
+	static const char *const titles[ES_NUM_SINKS] = {
+		[ES_SINK_KAFKA] = "Kafka",
+		[ES_SINK_RABBITMQ] = "RabbitMQ",
+		[ES_SINK_NATS] = "NATS",
+	};
+
+	return titles[id];
+}
+
 /* The id of a sink's name; -1 if none */
 int
 EsSinkByName(const char *name)

@@ -126,6 +126,8 @@ extern const EsSinkRoutine *const es_sinks[ES_NUM_SINKS];
 
 /* A sink's name (sink.c) */
 extern const char *EsSinkName(EsSinkId id);
+/* A sink's name in messages: Kafka, RabbitMQ, NATS (sink.c) */
+extern const char *EsSinkTitle(EsSinkId id);
 /* The id of a sink's name; -1 if none (sink.c) */
 extern int	EsSinkByName(const char *name);
 /* Check a sink name given by a user; ERROR 22023 if unknown (sink.c) */
