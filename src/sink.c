@@ -14,7 +14,7 @@
 const EsSinkRoutine *const es_sinks[ES_NUM_SINKS] = {
 	[ES_SINK_KAFKA] = &EsKafkaSink,
 	[ES_SINK_RABBITMQ] = NULL,
-	[ES_SINK_NATS] = NULL,
+	[ES_SINK_NATS] = &EsNatsSink,
 };
 
 /* The names a user gives, by id (also for sinks not built in) */
