@@ -128,6 +128,7 @@ static bool es_restart = false;	/* purge() asks for a new connection */
 static TimestampTz es_last_attempt = 0;
 static natsStatus es_last_connect_error = NATS_OK;
 static natsStatus es_last_async_logged = NATS_OK;
+static bool es_lost_logged = false;
 
 /* The settings the sink was started with, and the URL they gave */
 static char *es_started_url = NULL;
@@ -456,6 +457,7 @@ EsNatsConnect(void)
 		pfree(scrubbed);
 	}
 	es_last_connect_error = NATS_OK;
+	es_lost_logged = false;
 	es_nc = nc;
 	es_js = js;
 	es_first_publish = true;
@@ -632,6 +634,16 @@ EsNatsFailed(void)
 	pthread_mutex_lock(&es_mutex);
 	lost = es_conn_lost;
 	pthread_mutex_unlock(&es_mutex);
+	if (lost && !es_lost_logged)
+	{
+		char	   *scrubbed = EsNatsScrub(es_url);
+
+		ereport(LOG,
+				(errmsg("eventstore relay: lost the connection to NATS at %s", scrubbed)));
+		pfree(scrubbed);
+		es_lost_logged = true;
+		es_down = true;
+	}
 	return lost || es_restart;
 }
 
@@ -907,15 +919,8 @@ EsNatsServe(void)
 				(errmsg("eventstore relay: NATS error: %s", natsStatus_GetText(async))));
 	if (async != NATS_OK)
 		es_last_async_logged = async;
-	if (lost && !es_down)
-	{
-		char	   *scrubbed = EsNatsScrub(es_url);
-
-		ereport(LOG,
-				(errmsg("eventstore relay: lost the connection to NATS at %s", scrubbed)));
-		pfree(scrubbed);
-		es_down = true;
-	}
+	if (lost)
+		(void) EsNatsFailed();	/* logs it once */
 	return EsNatsApplyAnswers();
 }
 
