@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The one-command demo (`make demo`): builds and installs eventstore, starts a
-# throw-away PostgreSQL with the extension preloaded and the mock Kafka
-# cluster, appends a few order events (one with a version conflict),
-# publishes a message, and shows them arriving in Kafka with their headers.
-# Cleans up after itself; run it as root (PostgreSQL itself runs as postgres).
+# throw-away PostgreSQL with the extension preloaded, the mock Kafka cluster
+# and real RabbitMQ and NATS servers (as postgres, on loopback), appends a
+# few order events (one with a version conflict), publishes a message, and
+# shows them arriving in Kafka with their headers; then one event arriving
+# in each of Kafka, RabbitMQ and NATS JetStream, routed by category.  Cleans
+# up after itself; run it as root (the servers run as postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,17 @@ BENCH_PORT=54399
 . test/tools/sandbox.sh
 bench_start_mock
 echo "== mock Kafka cluster at $bootstrap"
-bench_start_pg "$bootstrap" </dev/null
+bench_start_rabbitmq
+echo "== RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server) at 127.0.0.1:$amqp_port"
+bench_start_nats
+echo "== NATS $(dpkg-query -W -f='${Version}' nats-server) with JetStream at 127.0.0.1:$nats_port"
+# Where the events go: an exchange bound to a queue, a stream on the subjects
+test/tools/amqp_consume --port "$amqp_port" --exchange invoices --queue invoices-demo --setup-only
+test/tools/nats_tool --port "$nats_port" stream-add SHIPMENTS 'shipments.>' >/dev/null
+bench_start_pg "$bootstrap" <<CONF
+eventstore.rabbitmq_url = '$rabbitmq_url'
+eventstore.nats_url = '$nats_url'
+CONF
 echo "== PostgreSQL $(bench_psql -Atc 'SHOW server_version') with eventstore preloaded"
 
 bench_psql -e <<'SQL'
@@ -62,7 +74,25 @@ for topic in orders notifications; do
 		-f 'partition %p offset %o  key %k\n  value   %s\n  headers %h\n'
 done
 
-echo "== the relay, as an operator sees it:"
+echo "== one event to each broker, routed by category:"
+bench_psql -e <<'SQL'
+SELECT eventstore.add_route('invoice', 'invoices', 'rabbitmq');
+SELECT eventstore.add_route('shipment', 'shipments', 'nats');
+SELECT eventstore.append_event('invoice-42', 0, 'InvoiceIssued', '{"amount": 30}');
+SELECT eventstore.append_event('shipment-42', 0, 'ShipmentDispatched', '{"carrier": "post"}');
+SQL
+for _ in $(seq 100); do
+	[ "$(bench_psql -Atc 'SELECT count(*) FROM eventstore.outbox')" = 0 ] && break
+	sleep 0.1
+done
+echo "== Kafka (kcat), topic \"orders\", the first event:"
+kcat -C -b "$bootstrap" -t orders -o beginning -c 1 -e -q -f 'key %k  value %s\n  headers %h\n'
+echo "== RabbitMQ (an AMQP consumer), exchange \"invoices\":"
+test/tools/amqp_consume --port "$amqp_port" --exchange invoices --queue invoices-demo --count 1 --timeout 10
+echo "== NATS JetStream (a consumer of stream SHIPMENTS):"
+test/tools/nats_tool --port "$nats_port" consume SHIPMENTS --count 1 --timeout 10
+
+echo "== the relay, as an operator sees it (a row per sink):"
 bench_psql -x -c "SELECT * FROM eventstore.relay_status()"
 bench_psql -c "SELECT pid, backend_type, state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE backend_type = 'eventstore relay'"
 echo "== done; everything is cleaned up"

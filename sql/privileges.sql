@@ -20,7 +20,7 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.append(text, bigint, jsonb),
 	eventstore.append_event(text, bigint, text, jsonb, jsonb, uuid),
 	eventstore.save_snapshot(text, bigint, jsonb),
-	eventstore.publish(text, text, jsonb, jsonb)
+	eventstore.publish(text, text, jsonb, jsonb, text)
 	TO regress_es_writer;
 
 -- no function of the extension is executable by PUBLIC
@@ -83,8 +83,8 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.relay_status(),
 	eventstore.requeue_dead_letters(bigint[]),
 	eventstore.discard_dead_letters(bigint[]),
-	eventstore.replay(text, text, bigint, bigint),
-	eventstore.add_route(text, text),
+	eventstore.replay(text, text, bigint, bigint, text),
+	eventstore.add_route(text, text, text),
 	eventstore.remove_route(text)
 	TO regress_es_operator;
 SET ROLE regress_es_operator;
@@ -108,6 +108,9 @@ SELECT eventstore.replay('t');
 SELECT count(*) FROM eventstore.outbox_lag;
 SELECT count(*) FROM eventstore.dead_letters;
 SHOW eventstore.kafka_config;
+SHOW eventstore.rabbitmq_url;
+SHOW eventstore.nats_url;
+SHOW eventstore.nats_credentials;
 SELECT count(*) FROM pg_settings WHERE name = 'eventstore.kafka_config';
 SELECT current_setting('eventstore.kafka_config');
 RESET ROLE;

@@ -18,13 +18,13 @@ GRANT EXECUTE ON FUNCTION
 	eventstore.append(text, bigint, jsonb),
 	eventstore.append_event(text, bigint, text, jsonb, jsonb, uuid),
 	eventstore.save_snapshot(text, bigint, jsonb),
-	eventstore.publish(text, text, jsonb, jsonb),
+	eventstore.publish(text, text, jsonb, jsonb, text),
 	eventstore.register_aggregate(text, regprocedure, integer, integer),
 	eventstore.relay_status(),
 	eventstore.requeue_dead_letters(bigint[]),
 	eventstore.discard_dead_letters(bigint[]),
-	eventstore.replay(text, text, bigint, bigint),
-	eventstore.add_route(text, text),
+	eventstore.replay(text, text, bigint, bigint, text),
+	eventstore.add_route(text, text, text),
 	eventstore.remove_route(text),
 	eventstore.cloudevent_headers(eventstore.events, text),
 	eventstore.create_subscription(text, text, text[], jsonpath, bigint, integer, text),
@@ -153,6 +153,14 @@ SELECT count(*) FROM eventstore.read_stream('sec-1');
 SELECT eventstore.stream_version('sec-1');
 SELECT (eventstore.cloudevent_headers(e, '/src') OPERATOR(pg_catalog.->>) 'ce_type') AS ce_type
 FROM eventstore.events e WHERE e.stream_id OPERATOR(pg_catalog.=) 'sec-2';
+SELECT eventstore.remove_route('sec');
+-- the statements of the other sinks, under the same hostile search_path
+SELECT eventstore.add_route('sec', 'sec-exchange', 'rabbitmq');
+SELECT eventstore.append_event('sec-4', NULL, 'H', '{}');
+SELECT eventstore.publish('sec-topic', 'sec-k', '{"x": 2}', NULL, 'nats') > 0 AS published;
+SELECT eventstore.replay('sec-replay', 'sec', sink => 'nats') > 0 AS replayed;
+SELECT sink, count(*) FROM eventstore.outbox_lag GROUP BY sink ORDER BY sink;
+SELECT sink, state IS NOT NULL AS status FROM eventstore.relay_status() ORDER BY sink;
 SELECT eventstore.remove_route('sec');
 -- subscriptions: selection by category, event types and filter, partitions,
 -- ack, nack, dead letters (a filter that fails on sec-3's event), requeue,

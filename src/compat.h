@@ -68,4 +68,11 @@ InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
 }
 #endif
 
+/* CreateWaitEventSet takes a resource owner from PostgreSQL 17 on */
+#if PG_VERSION_NUM >= 170000
+#define EsCreateWaitEventSet(n) CreateWaitEventSet(NULL, (n))
+#else
+#define EsCreateWaitEventSet(n) CreateWaitEventSet(CurrentMemoryContext, (n))
+#endif
+
 #endif							/* EVENTSTORE_COMPAT_H */

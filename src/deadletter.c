@@ -22,6 +22,7 @@ PG_FUNCTION_INFO_V1(eventstore_requeue_dead_letters);
  * Outbox rows of the same keys (held back in park mode, or not sent yet)
  * have smaller ids than the requeued messages would get, so they are moved
  * behind them, keeping each key's order: dead letters first, then the rest.
+ * A key's order is per sink: rows of the same key for another sink stay.
  */
 Datum
 eventstore_requeue_dead_letters(PG_FUNCTION_ARGS)
@@ -43,16 +44,17 @@ eventstore_requeue_dead_letters(PG_FUNCTION_ARGS)
 	EsSpiExec(EsPlan(&plan,
 					 "WITH dead AS (DELETE FROM eventstore.dead_letters"
 					 " WHERE $1 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($1) RETURNING *),"
-					 " later AS (DELETE FROM eventstore.outbox"
-					 " WHERE message_key OPERATOR(pg_catalog.=) ANY (SELECT message_key FROM dead) RETURNING *),"
+					 " later AS (DELETE FROM eventstore.outbox o WHERE EXISTS (SELECT FROM dead d"
+					 " WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key"
+					 " AND d.sink OPERATOR(pg_catalog.=) o.sink) RETURNING *),"
 					 " requeued AS (INSERT INTO eventstore.outbox (topic, message_key, payload, headers,"
-					 " event_position, created_at)"
-					 " SELECT topic, message_key, payload, headers, event_position, created_at FROM ("
+					 " event_position, created_at, sink)"
+					 " SELECT topic, message_key, payload, headers, event_position, created_at, sink FROM ("
 					 " SELECT 0 AS grp, outbox_id AS ord, topic, message_key, payload, headers,"
-					 " event_position, pg_catalog.clock_timestamp() AS created_at FROM dead"
+					 " event_position, pg_catalog.clock_timestamp() AS created_at, sink FROM dead"
 					 " UNION ALL"
 					 " SELECT 1, id, topic, message_key, payload, headers, event_position,"
-					 " created_at FROM later) m"
+					 " created_at, sink FROM later) m"
 					 " ORDER BY grp, ord)"
 					 " SELECT pg_catalog.count(*) FROM dead",
 					 1, argtypes),

@@ -138,7 +138,7 @@ extern char *EsCloudEventsSource(void);
 extern bool EsCloudEventsSourceIsValid(const char *source);
 
 /* routes.c */
-extern const char *EsRouteTopic(const char *category);
+extern const char *EsRouteTopic(const char *category, const char **sink);
 
 /* What the relay is doing, as relay_status() shows it */
 typedef enum EsRelayState
@@ -154,10 +154,13 @@ typedef enum EsRelayState
 	ES_RELAY_NOT_SERVED			/* shown in a database the relay does not serve */
 } EsRelayState;
 
+/* The relay's sinks (Kafka, RabbitMQ, NATS: see sink.h) */
+#define ES_RELAY_SINKS 3
+
 /* Delivery latencies kept for relay_status()'s percentiles */
 #define ES_LATENCY_WINDOW 1024
 
-/* The relay's statistics in shared memory, since the worker started */
+/* The relay's statistics for a sink in shared memory, since the worker started */
 typedef struct EsRelayStats
 {
 	int			pid;			/* 0: no relay runs */
@@ -179,13 +182,13 @@ extern void EsShmemInit(void);
 extern void EsSetRelayLatch(Latch *latch);
 extern void EsWakeRelay(bool revisit);
 extern bool EsRelayTakeRevisit(void);
-extern void EsRelaySetInFlight(int in_flight);
+extern void EsRelaySetInFlight(int sink, int in_flight);
 extern void EsNoteOutboxCommit(int64 bound);
 extern void EsOutboxCommitTimes(const int64 *ids, int n, TimestampTz *out);
-extern void EsRelaySetState(EsRelayState state);
-extern void EsRelayAccount(int sent, int retries, int dead, const char *error,
+extern void EsRelaySetState(int sink, EsRelayState state);
+extern void EsRelayAccount(int sink, int sent, int retries, int dead, const char *error,
 						   const double *latencies, int nlatencies);
-extern bool EsRelayStatsCopy(EsRelayStats *copy);
+extern bool EsRelayStatsCopy(int sink, EsRelayStats *copy);
 
 /* relay.c */
 extern void EsRegisterRelay(void);

@@ -1,8 +1,8 @@
 /*
  * kafka.c
- *		The relay's librdkafka producer: created from the eventstore.*
- *		settings, it takes messages one by one and reports what became of
- *		each as the broker answers.
+ *		The relay's Kafka sink (sink.h): a librdkafka producer created from
+ *		the eventstore.* settings, which takes messages one by one and
+ *		reports what became of each as the broker answers.
  *
  * librdkafka runs threads of its own, which must never call into
  * PostgreSQL.  Delivery reports, errors and logs are all served from this
@@ -47,9 +47,10 @@
 #include "utils/wait_event.h"
 
 #include "eventstore.h"
-#include "relay.h"
+#include "sink.h"
 
 #include <fcntl.h>
+#include <librdkafka/rdkafka.h>
 #include <unistd.h>
 
 static rd_kafka_t *es_producer = NULL;
@@ -184,7 +185,6 @@ EsErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
 	{
 		es_brokers_down = true;
-		EsRelayShowState(ES_RELAY_BROKER_DOWN);
 	}
 	if (err == es_last_global_err)
 		return;
@@ -336,38 +336,29 @@ EsReportPipeOpen(void)
 }
 
 /* The pipe to sleep on for delivery reports, PGINVALID_SOCKET if none */
-pgsocket
+static pgsocket
 EsKafkaReportSocket(void)
 {
 	return es_producer != NULL && es_report_pipe[0] >= 0 ? es_report_pipe[0] : PGINVALID_SOCKET;
 }
 
-/* Whether a delivery failed since the last call */
-bool
-EsKafkaTakeFailure(void)
-{
-	bool		failed = es_failure_reported;
-
-	es_failure_reported = false;
-	return failed;
-}
 
 /* Whether a producer exists */
-bool
+static bool
 EsKafkaRunning(void)
 {
 	return es_producer != NULL;
 }
 
 /* Whether the producer hit a fatal error and must be made anew */
-bool
+static bool
 EsKafkaFailed(void)
 {
 	return es_fatal;
 }
 
 /* Whether the settings the producer depends on changed since it started */
-bool
+static bool
 EsKafkaSettingsChanged(void)
 {
 	return es_producer != NULL &&
@@ -377,7 +368,7 @@ EsKafkaSettingsChanged(void)
 }
 
 /* Create the producer from the settings; false (logged) if they are wrong */
-bool
+static bool
 EsKafkaStart(void)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -426,7 +417,6 @@ EsKafkaStart(void)
 	es_fatal = false;
 	es_brokers_down = false;
 	es_last_global_err = RD_KAFKA_RESP_ERR_NO_ERROR;
-	EsRelaySetState(ES_RELAY_CONNECTING);
 	ereport(LOG,
 			(errmsg("eventstore relay: producing to %s", es_kafka_brokers)));
 	return true;
@@ -438,7 +428,7 @@ EsKafkaStart(void)
  * after that is left as it was (not done), for the caller to deal with; no
  * report reaches it after this returns.
  */
-void
+static void
 EsKafkaStop(void)
 {
 	int			i;
@@ -462,8 +452,8 @@ EsKafkaStop(void)
  * was not acknowledged stays in the outbox and is sent again after a
  * restart; acknowledged messages of an unrecorded batch too (at-least-once).
  */
-void
-EsKafkaAtExit(int code, Datum arg)
+static void
+EsKafkaAtExit(void)
 {
 	int			left;
 
@@ -483,29 +473,29 @@ EsKafkaAtExit(int code, Datum arg)
 }
 
 /* Whether the brokers are known to be unreachable (see es_brokers_down) */
-bool
+static bool
 EsKafkaBrokersDown(void)
 {
 	return es_brokers_down;
 }
 
 /* A batch failed only because the brokers could not be reached */
-void
+static void
 EsKafkaSetBrokersDown(void)
 {
 	es_brokers_down = true;
 }
 
 /* How many messages were produced and not yet reported */
-int
+static int
 EsKafkaInFlight(void)
 {
 	return es_pending;
 }
 
 /* Whether a delivery error will never go away by retrying */
-bool
-EsKafkaIsPermanent(rd_kafka_resp_err_t err)
+static bool
+EsKafkaIsPermanent(int err)
 {
 	switch (err)
 	{
@@ -538,8 +528,8 @@ EsHeaders(const EsMessage *msg)
 }
 
 /* Whether an error says the brokers cannot be reached */
-bool
-EsKafkaIsBrokerDown(rd_kafka_resp_err_t err)
+static bool
+EsKafkaIsBrokerDown(int err)
 {
 	return err == RD_KAFKA_RESP_ERR__TRANSPORT ||
 		err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
@@ -550,25 +540,29 @@ EsKafkaIsBrokerDown(rd_kafka_resp_err_t err)
 }
 
 /*
- * Serve what librdkafka queued for us: delivery reports, errors, logs.  The
- * pipe is emptied first, so that a report queued meanwhile writes to it
- * again and wakes the next sleep.
+ * Serve what librdkafka queued for us: delivery reports, errors, logs;
+ * true if a delivery failed.  The pipe is emptied first, so that a report
+ * queued meanwhile writes to it again and wakes the next sleep.
  */
-void
+static bool
 EsKafkaServe(void)
 {
 	char		buf[64];
+	bool		failed;
 
 	if (es_producer == NULL)
-		return;
+		return false;
 	if (es_report_pipe[0] >= 0)
 		while (read(es_report_pipe[0], buf, sizeof(buf)) > 0)
 			;
 	rd_kafka_poll(es_producer, 0);
+	failed = es_failure_reported;
+	es_failure_reported = false;
+	return failed;
 }
 
 /* Purge the messages queued and not yet sent (they fail with _PURGE_QUEUE) */
-void
+static void
 EsKafkaPurgeQueue(void)
 {
 	if (es_producer != NULL)
@@ -581,7 +575,7 @@ EsKafkaPurgeQueue(void)
  * ES_PROBE_TIMEOUT_MS): an answer means they are reachable again, and the
  * state leaves broker_down even while there is nothing to send
  */
-void
+static void
 EsKafkaProbe(void)
 {
 	const struct rd_kafka_metadata *md = NULL;
@@ -605,7 +599,7 @@ EsKafkaProbe(void)
  * tries again once reports made room, without blocking meanwhile (the
  * delivery timeout and its purge must go on).
  */
-bool
+static bool
 EsKafkaProduce(EsMessage *msg)
 {
 	rd_kafka_headers_t *hdrs = EsHeaders(msg);
@@ -635,3 +629,42 @@ EsKafkaProduce(EsMessage *msg)
 	}
 	return true;
 }
+
+/* A Kafka error as last_error shows it: its name, then its text */
+static char *
+EsKafkaErrorText(int err)
+{
+	return psprintf("%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t) err),
+					rd_kafka_err2str((rd_kafka_resp_err_t) err));
+}
+
+/* Whether eventstore.kafka_brokers is set */
+static bool
+EsKafkaConfigured(void)
+{
+	return es_kafka_brokers[0] != '\0';
+}
+
+/* The Kafka sink */
+const EsSinkRoutine EsKafkaSink = {
+	.name = "kafka",
+	.configured = EsKafkaConfigured,
+	.settings_changed = EsKafkaSettingsChanged,
+	.start = EsKafkaStart,
+	.stop = EsKafkaStop,
+	.running = EsKafkaRunning,
+	.failed = EsKafkaFailed,
+	.send = EsKafkaProduce,
+	.serve = EsKafkaServe,
+	.purge = EsKafkaPurgeQueue,
+	.probe = EsKafkaProbe,
+	.socket = EsKafkaReportSocket,
+	.in_flight = EsKafkaInFlight,
+	.is_permanent = EsKafkaIsPermanent,
+	.is_unreachable = EsKafkaIsBrokerDown,
+	.error_text = EsKafkaErrorText,
+	.lost_err = RD_KAFKA_RESP_ERR__PURGE_INFLIGHT,
+	.down = EsKafkaBrokersDown,
+	.set_down = EsKafkaSetBrokersDown,
+	.at_exit = EsKafkaAtExit,
+};

@@ -35,6 +35,7 @@
 #include "utils/syscache.h"
 
 #include "eventstore.h"
+#include "sink.h"
 
 /* Kafka's limit on topic name length */
 #define ES_MAX_TOPIC_LEN 249
@@ -312,9 +313,11 @@ EsRouteEvents(text *stream_id, const char *category, Datum *positions,
 			  int npositions)
 {
 	static SPIPlanPtr enqueue_plan = NULL;
-	Oid			enqueue_types[3] = {TEXTOID, TEXTOID, INT8ARRAYOID};
-	Datum		values[3];
-	const char *topic = EsRouteTopic(category);
+	static SPIPlanPtr enqueue_sink_plan = NULL;
+	Oid			enqueue_types[4] = {TEXTOID, TEXTOID, INT8ARRAYOID, TEXTOID};
+	Datum		values[4];
+	const char *sink = NULL;
+	const char *topic = EsRouteTopic(category, &sink);
 
 	if (topic == NULL)
 		return;
@@ -323,26 +326,43 @@ EsRouteEvents(text *stream_id, const char *category, Datum *positions,
 	values[2] = PointerGetDatum(construct_array(positions, npositions, INT8OID,
 												sizeof(int64), FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
+	values[3] = CStringGetTextDatum(sink);
 	EsHoldHorizon(ES_SEQ_OUTBOX);
-	EsSpiExec(EsPlan(&enqueue_plan,
-					 "INSERT INTO eventstore.outbox (topic, message_key, event_position)"
-					 " SELECT $1, $2, p.pos FROM pg_catalog.unnest($3) WITH ORDINALITY AS p(pos, o)"
-					 " ORDER BY p.o",
-					 3, enqueue_types),
-			  values, NULL, false, SPI_OK_INSERT);
+	/* Kafka is the column's default (and the only sink before 0.5.0) */
+	if (strcmp(sink, "kafka") == 0)
+		EsSpiExec(EsPlan(&enqueue_plan,
+						 "INSERT INTO eventstore.outbox (topic, message_key, event_position)"
+						 " SELECT $1, $2, p.pos FROM pg_catalog.unnest($3) WITH ORDINALITY AS p(pos, o)"
+						 " ORDER BY p.o",
+						 3, enqueue_types),
+				  values, NULL, false, SPI_OK_INSERT);
+	else
+		EsSpiExec(EsPlan(&enqueue_sink_plan,
+						 "INSERT INTO eventstore.outbox (topic, message_key, event_position, sink)"
+						 " SELECT $1, $2, p.pos, $4"
+						 " FROM pg_catalog.unnest($3) WITH ORDINALITY AS p(pos, o)"
+						 " ORDER BY p.o",
+						 4, enqueue_types),
+				  values, NULL, false, SPI_OK_INSERT);
 	EsWakeRelayAtCommit(false);
 }
 
 PG_FUNCTION_INFO_V1(eventstore_publish);
 
-/* SQL: eventstore.publish(topic text, key text, payload jsonb, headers jsonb) */
+/*
+ * SQL: eventstore.publish(topic text, key text, payload jsonb, headers
+ * jsonb, sink text).  Called through the four-argument signature of a
+ * schema older than 0.5.0, it publishes to Kafka.
+ */
 Datum
 eventstore_publish(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[4] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	static SPIPlanPtr sink_plan = NULL;
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	EsSinkId	sink = EsSinkArgument(fcinfo, 4);
 	EsSavedUser saved;
 	bool		isnull;
 	int64		id;
@@ -365,16 +385,25 @@ eventstore_publish(PG_FUNCTION_ARGS)
 	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
 	values[3] = PG_ARGISNULL(3) ?
 		DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")) : PG_GETARG_DATUM(3);
+	values[4] = CStringGetTextDatum(EsSinkName(sink));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EsBecomeOwner(&saved);
 	EsHoldHorizon(ES_SEQ_OUTBOX);
-	EsSpiExec(EsPlan(&plan,
-					 "INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
-					 " VALUES ($1, $2, $3, $4) RETURNING id",
-					 4, argtypes),
-			  values, nulls, false, SPI_OK_INSERT_RETURNING);
+	/* Kafka is the column's default (and the only sink before 0.5.0) */
+	if (sink == ES_SINK_KAFKA)
+		EsSpiExec(EsPlan(&plan,
+						 "INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
+						 " VALUES ($1, $2, $3, $4) RETURNING id",
+						 4, argtypes),
+				  values, nulls, false, SPI_OK_INSERT_RETURNING);
+	else
+		EsSpiExec(EsPlan(&sink_plan,
+						 "INSERT INTO eventstore.outbox (topic, message_key, payload, headers, sink)"
+						 " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+						 5, argtypes),
+				  values, nulls, false, SPI_OK_INSERT_RETURNING);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	EsRestoreUser(&saved);
 	SPI_finish();
@@ -386,7 +415,7 @@ PG_FUNCTION_INFO_V1(eventstore_replay);
 
 /*
  * SQL: eventstore.replay(topic text, category text, from_position bigint,
- *		to_position bigint) -> bigint.
+ *		to_position bigint, sink text) -> bigint.
  *
  * Enqueues the stored events with from_position < position <= to_position
  * (of one category, or all) for 'topic', in global order, with one
@@ -398,9 +427,11 @@ Datum
 eventstore_replay(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[4] = {TEXTOID, TEXTOID, INT8OID, INT8OID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	static SPIPlanPtr sink_plan = NULL;
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	EsSinkId	sink = EsSinkArgument(fcinfo, 4);
 	EsSavedUser saved;
 	int64		from_position;
 	uint64		n;
@@ -433,6 +464,7 @@ eventstore_replay(PG_FUNCTION_ARGS)
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
 	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
 	values[2] = Int64GetDatum(from_position);
+	values[4] = CStringGetTextDatum(EsSinkName(sink));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -440,15 +472,26 @@ eventstore_replay(PG_FUNCTION_ARGS)
 	values[3] = Int64GetDatum(PG_ARGISNULL(3) ? EsHorizon(ES_SEQ_EVENTS) - 1 :
 							  PG_GETARG_INT64(3));
 	EsHoldHorizon(ES_SEQ_OUTBOX);
-	EsSpiExec(EsPlan(&plan,
-					 "INSERT INTO eventstore.outbox (topic, message_key, event_position)"
-					 " SELECT $1, stream_id, global_position FROM eventstore.events"
-					 " WHERE global_position OPERATOR(pg_catalog.>) $3"
-					 " AND global_position OPERATOR(pg_catalog.<=) $4"
-					 " AND ($2 IS NULL OR category OPERATOR(pg_catalog.=) $2)"
-					 " ORDER BY global_position",
-					 4, argtypes),
-			  values, nulls, false, SPI_OK_INSERT);
+	if (sink == ES_SINK_KAFKA)
+		EsSpiExec(EsPlan(&plan,
+						 "INSERT INTO eventstore.outbox (topic, message_key, event_position)"
+						 " SELECT $1, stream_id, global_position FROM eventstore.events"
+						 " WHERE global_position OPERATOR(pg_catalog.>) $3"
+						 " AND global_position OPERATOR(pg_catalog.<=) $4"
+						 " AND ($2 IS NULL OR category OPERATOR(pg_catalog.=) $2)"
+						 " ORDER BY global_position",
+						 4, argtypes),
+				  values, nulls, false, SPI_OK_INSERT);
+	else
+		EsSpiExec(EsPlan(&sink_plan,
+						 "INSERT INTO eventstore.outbox (topic, message_key, event_position, sink)"
+						 " SELECT $1, stream_id, global_position, $5 FROM eventstore.events"
+						 " WHERE global_position OPERATOR(pg_catalog.>) $3"
+						 " AND global_position OPERATOR(pg_catalog.<=) $4"
+						 " AND ($2 IS NULL OR category OPERATOR(pg_catalog.=) $2)"
+						 " ORDER BY global_position",
+						 5, argtypes),
+				  values, nulls, false, SPI_OK_INSERT);
 	n = SPI_processed;
 	EsRestoreUser(&saved);
 	SPI_finish();

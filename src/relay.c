@@ -1,28 +1,37 @@
 /*
  * relay.c
  *		The relay: a background worker that sends committed outbox rows to
- *		Kafka, in outbox order per key, with retries and dead letters.
+ *		their brokers (Kafka, RabbitMQ, NATS JetStream), in outbox order per
+ *		key, with retries and dead letters.
+ *
+ * Each sink (sink.h: the broker's client behind one interface) has a
+ * pipeline of its own, reading only the outbox rows of that sink, so that
+ * one broker's outage or backlog holds back no other; the worker turns
+ * every pipeline in each round and sleeps on its latch and every sink's
+ * socket together.  What follows describes one pipeline.
  *
  * The relay is a pipeline.  It reads ready rows (relay_outbox.c) and hands
- * them to the producer without waiting for the broker, as long as its
- * window has room (eventstore.relay_window_messages and _memory: messages
- * sent and not yet recorded).  Delivery reports come back on this thread
- * (kafka.c); a message is settled once it and every message sent before it
- * have their answer, and settled messages are recorded in the outbox in
- * grouped statements: acknowledged rows deleted by id, failures scheduled
- * for a retry or moved to the dead letters.  A crash before a recording
- * only means its acknowledged rows are sent again: at-least-once.
+ * them to the sink without waiting for the broker, as long as its window
+ * has room (eventstore.relay_window_messages and _memory: messages sent and
+ * not yet recorded).  Answers come back on this thread (sink.h); a message
+ * is settled once it and every message sent before it have their answer,
+ * and settled messages are recorded in the outbox in grouped statements:
+ * acknowledged rows deleted by id, failures scheduled for a retry or moved
+ * to the dead letters.  A crash before a recording only means its
+ * acknowledged rows are sent again: at-least-once.
  *
- *	   outbox --read (id > last read, below the horizon)--> window --produce--> librdkafka
+ *	   outbox --read (id > last read, below the horizon)--> window --send--> sink
  *		 ^														 |
- *		 +------record (delete / retry / dead letter) <--settle <-- delivery reports
+ *		 +------record (delete / retry / dead letter) <--settle <-- answers
  *
- * Per-key order.  The idempotent producer keeps a partition's messages in
- * the order they were produced, and a message that fails because the
- * queue was purged at the delivery timeout fails with every later one of
- * its partition.  A key's messages therefore stay in order unless one fails
- * while later ones of its key are in flight and those later ones succeed
- * (a permanent error from the broker, or a fatal producer error): those
+ * Per-key order.  Each sink sends in the order it is given (Kafka: the
+ * idempotent producer keeps a partition's messages in the order they were
+ * produced; RabbitMQ: one channel; NATS: one connection), and a message
+ * that fails because the queue was purged at the delivery timeout fails
+ * with every later one in flight.  A key's messages therefore stay in
+ * order unless one fails while later ones of its key are in flight and
+ * those later ones succeed (a permanent error from the broker, or a fatal
+ * producer error): those
  * later ones are then not recorded (they stay in the outbox) and are sent
  * again after the failed one, so a consumer may see an early copy of them
  * (docs/relay.md).  The key is blocked from that message on: later
@@ -40,8 +49,8 @@
  * and every relay_idle_interval while idle.  The relay stops reading, lets
  * its window drain, and reads from the first id again.
  *
- * Waking.  The worker sleeps on its latch and on librdkafka's report pipe
- * together.  A transaction that took the outbox horizon sets the latch once
+ * Waking.  The worker sleeps on its latch and on each sink's socket (for
+ * Kafka, librdkafka's report pipe) together.  A transaction that took the outbox horizon sets the latch once
  * it ended and released its locks (outbox.c); committed rows held back by
  * an open transaction are looked at again after 50 ms; a timer
  * (eventstore.relay_idle_interval) covers anything missed.
@@ -112,7 +121,7 @@ typedef struct EsBatch
 	EsMessage  *msgs;
 	int			n;
 	int			looked_at;		/* [0, looked_at) were produced or held */
-	int			settled;		/* [0, settled) are in es_outcome */
+	int			settled;		/* [0, settled) are in p->outcome */
 } EsBatch;
 
 /* A key with messages in the window */
@@ -124,50 +133,67 @@ typedef struct EsKeyState
 	int64		blocked_from;	/* 0, or the id from which its messages wait */
 } EsKeyState;
 
-/* The window: reads not fully settled, oldest first */
-static List *es_window = NIL;
-static int	es_window_count = 0;	/* their messages not settled yet */
-static Size es_window_bytes = 0;
-static Oid	es_window_outbox = InvalidOid;	/* the table they were read from */
-
 /*
- * The window's keys, by hash.  Two keys with the same hash share an entry:
- * that can only hold a message back, never let one overtake another.
+ * One sink's pipeline: its window, keys, outcome and read position.  Each
+ * sink has its own, so that one broker's outage holds back no other.
  */
-static HTAB *es_keys = NULL;
-static MemoryContext es_keys_cxt = NULL;	/* the table and its topics */
+typedef struct EsPipe
+{
+	EsSinkId	id;
+	const EsSinkRoutine *sink;
 
-/* The retriable error last logged for the outcome being settled */
-static rd_kafka_resp_err_t es_logged_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	/* The window: reads not fully settled, oldest first */
+	List	   *window;
+	int			window_count;	/* their messages not settled yet */
+	Size		window_bytes;
+	Oid			window_outbox;	/* the table they were read from */
+
+	/*
+	 * The window's keys, by hash.  Two keys with the same hash share an
+	 * entry: that can only hold a message back, never let one overtake
+	 * another.
+	 */
+	HTAB	   *keys;
+	MemoryContext keys_cxt;		/* the table and its topics */
+
+	/* The retriable error last logged for the outcome being settled */
+	int			logged_err;
+
+	/* Settled messages not recorded yet, in outcome_cxt */
+	EsOutcome  *outcome;
+	MemoryContext outcome_cxt;
+
+	/* The largest id read since the last revisit */
+	int64		last_read;
+
+	/* Whether to read the outbox from the start once the window drained */
+	bool		revisit;
+	/* When to do so for a retry falling due (0: none known) */
+	TimestampTz revisit_at;
+
+	/* Whether outbox rows may wait for a retry (see EsRelayFetch) */
+	bool		retries_pending;
+
+	/* When an idle pipeline reads the outbox from its start again (0: not set) */
+	TimestampTz rescan_at;
+
+	/* Whether to read the outbox now, and when at the latest */
+	bool		read_wanted;
+	TimestampTz read_at;
+
+	/* The sink's settings changed: drain the window, then start it anew */
+	bool		draining;
+} EsPipe;
+
+/* The pipelines of the sinks built in, by sink id (sink NULL: none) */
+static EsPipe es_pipes[ES_NUM_SINKS];
+
+/* The pipeline a step runs for, to which an error is accounted (NULL: all) */
+static EsPipe *es_current = NULL;
 
 /* A read in progress: deleted if an error interrupts it */
 static MemoryContext es_reading_cxt = NULL;
-
-/* Settled messages not recorded yet, in es_outcome_cxt */
-static EsOutcome *es_outcome = NULL;
-static MemoryContext es_outcome_cxt = NULL;
 static MemoryContext es_relay_cxt = NULL;
-
-/* The largest id read since the last revisit */
-static int64 es_last_read = 0;
-
-/* Whether to read the outbox from the start once the window drained */
-static bool es_revisit = false;
-/* When to do so for a retry falling due (0: none known) */
-static TimestampTz es_revisit_at = 0;
-
-/* Whether outbox rows may wait for a retry (see EsRelayFetch) */
-static bool es_retries_pending = true;
-
-/* When an idle relay reads the outbox from its start again (0: not set) */
-static TimestampTz es_rescan_at = 0;
-
-/* Whether to read the outbox now, and when at the latest */
-static bool es_read_wanted = true;
-static TimestampTz es_read_at = 0;
-
-/* The producer's settings changed: drain the window, then make it anew */
-static bool es_draining = false;
 
 /* Consecutive failed steps, and when the next try is due (0: now) */
 static int	es_failed_rounds = 0;
@@ -184,40 +210,33 @@ EsRelayExit(int code, Datum arg)
 }
 
 /*
- * The relay's state as relay_status() shows it: "error" while steps fail,
- * and "broker_down" instead of sending, backing off or idle while the
- * brokers cannot be reached (until a delivery or a probe succeeds)
+ * A sink's state as relay_status() shows it: "error" while steps fail, and
+ * "broker_down" instead of sending, backing off or idle while the broker
+ * cannot be reached (until a delivery or a probe succeeds)
  */
-void
-EsRelayShowState(EsRelayState state)
+static void
+EsRelayShowState(EsPipe *p, EsRelayState state)
 {
 	if (es_failed_rounds > 0)
 		state = ES_RELAY_ERROR;
-	else if (EsKafkaBrokersDown() &&
+	else if (p->sink->down() &&
 			 (state == ES_RELAY_SENDING || state == ES_RELAY_BACKING_OFF ||
 			  state == ES_RELAY_IDLE))
 		state = ES_RELAY_BROKER_DOWN;
-	EsRelaySetState(state);
+	EsRelaySetState(p->id, state);
 }
 
-/* A Kafka error as stored in last_error: its name, then its text */
-static char *
-EsErrorText(rd_kafka_resp_err_t err)
-{
-	return psprintf("%s: %s", rd_kafka_err2name(err), rd_kafka_err2str(err));
-}
-
-/* An empty outcome (in es_outcome_cxt) */
+/* An empty outcome (in p->outcome_cxt) */
 static EsOutcome *
-EsNewOutcome(void)
+EsNewOutcome(EsPipe *p)
 {
 	MemoryContext old;
 	EsOutcome  *o;
 	int			cap = Max(es_relay_batch_size, 64);
 
-	MemoryContextReset(es_outcome_cxt);
-	es_logged_err = RD_KAFKA_RESP_ERR_NO_ERROR;
-	old = MemoryContextSwitchTo(es_outcome_cxt);
+	MemoryContextReset(p->outcome_cxt);
+	p->logged_err = 0;
+	old = MemoryContextSwitchTo(p->outcome_cxt);
 	o = palloc0(sizeof(EsOutcome));
 	o->capacity = cap;
 	o->sent = palloc(sizeof(Datum) * cap);
@@ -258,21 +277,21 @@ EsOutcomeGrow(EsOutcome *o)
 
 /* A fresh table of the window's keys */
 static void
-EsResetKeys(void)
+EsResetKeys(EsPipe *p)
 {
 	HASHCTL		ctl;
 
-	MemoryContextReset(es_keys_cxt);
+	MemoryContextReset(p->keys_cxt);
 	ctl.keysize = sizeof(uint32);
 	ctl.entrysize = sizeof(EsKeyState);
-	ctl.hcxt = es_keys_cxt;
-	es_keys = hash_create("eventstore relay keys", 1024, &ctl,
+	ctl.hcxt = p->keys_cxt;
+	p->keys = hash_create("eventstore relay keys", 1024, &ctl,
 						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
 /* The window's entry of a message's key (created if 'create'); NULL: no key */
 static EsKeyState *
-EsKeyOf(const EsMessage *m, bool create)
+EsKeyOf(EsPipe *p, const EsMessage *m, bool create)
 {
 	uint32		hash;
 	bool		found;
@@ -281,11 +300,11 @@ EsKeyOf(const EsMessage *m, bool create)
 	if (m->key == NULL)
 		return NULL;
 	hash = hash_bytes((const unsigned char *) m->key, strlen(m->key));
-	k = hash_search(es_keys, &hash, create ? HASH_ENTER : HASH_FIND, &found);
+	k = hash_search(p->keys, &hash, create ? HASH_ENTER : HASH_FIND, &found);
 	if (k != NULL && !found)
 	{
 		k->unsettled = 0;
-		k->topic = MemoryContextStrdup(es_keys_cxt, m->topic);
+		k->topic = MemoryContextStrdup(p->keys_cxt, m->topic);
 		k->blocked_from = 0;
 	}
 	return k;
@@ -293,21 +312,21 @@ EsKeyOf(const EsMessage *m, bool create)
 
 /* Messages of the key from 'id' on wait for a revisit */
 static void
-EsBlockKey(EsKeyState *k, int64 id)
+EsBlockKey(EsPipe *p, EsKeyState *k, int64 id)
 {
 	if (k != NULL && (k->blocked_from == 0 || id < k->blocked_from))
 		k->blocked_from = id;
-	es_revisit = true;
+	p->revisit = true;
 }
 
 /* Forget a key with nothing in the window that holds anything back */
 static void
-EsForgetKeyIfIdle(EsKeyState *k)
+EsForgetKeyIfIdle(EsPipe *p, EsKeyState *k)
 {
 	if (k == NULL || k->unsettled > 0 || k->blocked_from != 0)
 		return;
 	pfree(k->topic);
-	(void) hash_search(es_keys, &k->hash, HASH_REMOVE, NULL);
+	(void) hash_search(p->keys, &k->hash, HASH_REMOVE, NULL);
 }
 
 /*
@@ -316,40 +335,47 @@ EsForgetKeyIfIdle(EsKeyState *k)
  * where an error interrupted it) at the next call.
  */
 static void
-EsProduceBatch(EsBatch *b)
+EsProduceBatch(EsPipe *p, EsBatch *b)
 {
 	while (b->looked_at < b->n)
 	{
 		EsMessage  *m = &b->msgs[b->looked_at];
-		EsKeyState *k = EsKeyOf(m, true);
+		EsKeyState *k = EsKeyOf(p, m, true);
 
 		if (k != NULL &&
 			((k->blocked_from != 0 && m->id > k->blocked_from) ||
 			 (k->unsettled > 0 && strcmp(k->topic, m->topic) != 0)))
 		{
 			m->held = true;
-			EsBlockKey(k, m->id);
+			EsBlockKey(p, k, m->id);
 		}
 		else
 		{
 			if (k != NULL && k->unsettled == 0 && strcmp(k->topic, m->topic) != 0)
 			{
 				pfree(k->topic);
-				k->topic = MemoryContextStrdup(es_keys_cxt, m->topic);
+				k->topic = MemoryContextStrdup(p->keys_cxt, m->topic);
 			}
 			if (!m->done)		/* refused when read: not convertible */
 			{
 				m->produced_at = GetCurrentTimestamp();
-				if (!EsKafkaProduce(m))
+				if (!p->sink->send(m))
 					return;		/* queue full: later */
 				if (k != NULL)
 					k->unsettled++;
 			}
-			if (m->done && m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
-				EsBlockKey(k, m->id);
+			if (m->done && m->err != 0)
+				EsBlockKey(p, k, m->id);
 		}
 		b->looked_at++;
 	}
+}
+
+/* Whether a message failed for good: refused by the relay, or by the broker */
+static bool
+EsPermanent(EsPipe *p, const EsMessage *m)
+{
+	return m->refused != NULL || p->sink->is_permanent(m->err);
 }
 
 /*
@@ -357,10 +383,10 @@ EsProduceBatch(EsBatch *b)
  * per error and recording
  */
 static void
-EsSettle(EsMessage *m)
+EsSettle(EsPipe *p, EsMessage *m)
 {
-	EsOutcome  *o = es_outcome;
-	EsKeyState *k = EsKeyOf(m, false);
+	EsOutcome  *o = p->outcome;
+	EsKeyState *k = EsKeyOf(p, m, false);
 	MemoryContext old;
 	Datum		error;
 	int			where;
@@ -371,11 +397,11 @@ EsSettle(EsMessage *m)
 	if (m->held || (k != NULL && k->blocked_from != 0 && m->id > k->blocked_from))
 	{
 		/* Held, or sent after an earlier message of its key failed: stays */
-		EsForgetKeyIfIdle(k);
+		EsForgetKeyIfIdle(p, k);
 		return;
 	}
 
-	old = MemoryContextSwitchTo(es_outcome_cxt);
+	old = MemoryContextSwitchTo(p->outcome_cxt);
 	EsOutcomeGrow(o);
 	o->nsettled++;
 	if (o->first_at == 0)
@@ -385,34 +411,34 @@ EsSettle(EsMessage *m)
 	 * of its key that reads passed: read from the start again
 	 */
 	if (m->attempts > 0 &&
-		(m->err == RD_KAFKA_RESP_ERR_NO_ERROR || EsKafkaIsPermanent(m->err) ||
+		(m->err == 0 || EsPermanent(p, m) ||
 		 m->attempts + 1 >= es_max_attempts))
-		es_revisit = true;
+		p->revisit = true;
 
-	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (m->err == 0)
 	{
 		o->latencies[o->nsent] = (double) (GetCurrentTimestamp() - m->committed_at) / 1000.0;
 		o->sent[o->nsent++] = Int64GetDatum(m->id);
 		o->all_down = false;
-		EsForgetKeyIfIdle(k);
+		EsForgetKeyIfIdle(p, k);
 		MemoryContextSwitchTo(old);
 		return;
 	}
 
 	/* A failure: the key's later messages in the window stay in the outbox */
-	EsBlockKey(k, m->id);
-	o->last_error = m->refused ? pstrdup(m->refused) : EsErrorText(m->err);
-	o->all_down = o->all_down && EsKafkaIsBrokerDown(m->err);
+	EsBlockKey(p, k, m->id);
+	o->last_error = m->refused ? pstrdup(m->refused) : p->sink->error_text(m->err);
+	o->all_down = o->all_down && m->refused == NULL && p->sink->is_unreachable(m->err);
 	error = CStringGetTextDatum(o->last_error);
-	if (!EsKafkaIsPermanent(m->err) && m->attempts + 1 < es_max_attempts)
+	if (!EsPermanent(p, m) && m->attempts + 1 < es_max_attempts)
 	{
 		/* Log retriable failures once per error and recording */
-		if (m->err != es_logged_err)
+		if (m->err != p->logged_err)
 			ereport(LOG,
-					(errmsg("eventstore relay: delivery of outbox message " INT64_FORMAT " to topic \"%s\" failed, will retry: %s",
-							m->id, m->topic, o->last_error),
+					(errmsg("eventstore relay: delivery of outbox message " INT64_FORMAT " to %s topic \"%s\" failed, will retry: %s",
+							m->id, p->sink->name, m->topic, o->last_error),
 					 errdetail("Attempt %d of %d.", m->attempts + 1, es_max_attempts)));
-		es_logged_err = m->err;
+		p->logged_err = m->err;
 		o->retry_ids[o->nretry] = Int64GetDatum(m->id);
 		o->retry_delays[o->nretry] = Float8GetDatum(EsBackoffMs(m->attempts));
 		if (o->nretry == 0 || DatumGetFloat8(o->retry_delays[o->nretry]) < o->first_retry_ms)
@@ -428,10 +454,10 @@ EsSettle(EsMessage *m)
 		o->dead_letter_topic = pstrdup(es_dead_letter_topic);
 	where = (o->dead_letter_topic != NULL && !m->forwarded) ? 1 : 0;
 	ereport(LOG,
-			(errmsg("eventstore relay: outbox message " INT64_FORMAT " to topic \"%s\" is a dead letter: %s",
-					m->id, m->topic, o->last_error),
+			(errmsg("eventstore relay: outbox message " INT64_FORMAT " to %s topic \"%s\" is a dead letter: %s",
+					m->id, p->sink->name, m->topic, o->last_error),
 			 errdetail("%s after %d attempts; %s.",
-					   EsKafkaIsPermanent(m->err) ? "Permanent error" : "Retriable error",
+					   EsPermanent(p, m) ? "Permanent error" : "Retriable error",
 					   m->attempts + 1,
 					   where ? "forwarded to the dead-letter topic" : "kept in eventstore.dead_letters")));
 	o->dead_ids[where][o->ndead[where]] = Int64GetDatum(m->id);
@@ -444,11 +470,11 @@ EsSettle(EsMessage *m)
  * batches fully settled leave the window
  */
 static void
-EsSettleWindow(void)
+EsSettleWindow(EsPipe *p)
 {
-	while (es_window != NIL)
+	while (p->window != NIL)
 	{
-		EsBatch    *b = linitial(es_window);
+		EsBatch    *b = linitial(p->window);
 
 		while (b->settled < b->looked_at)
 		{
@@ -456,14 +482,14 @@ EsSettleWindow(void)
 
 			if (!m->held && !m->done)
 				return;
-			EsSettle(m);
-			es_window_count--;
-			es_window_bytes -= m->bytes;
+			EsSettle(p, m);
+			p->window_count--;
+			p->window_bytes -= m->bytes;
 			b->settled++;
 		}
 		if (b->settled < b->n)
 			return;
-		es_window = list_delete_first(es_window);
+		p->window = list_delete_first(p->window);
 		MemoryContextDelete(b->cxt);
 	}
 }
@@ -473,11 +499,11 @@ EsSettleWindow(void)
  * destroyed): failed, to be sent again
  */
 static void
-EsFailUnreported(void)
+EsFailUnreported(EsPipe *p)
 {
 	ListCell   *lc;
 
-	foreach(lc, es_window)
+	foreach(lc, p->window)
 	{
 		EsBatch    *b = lfirst(lc);
 		int			i;
@@ -486,73 +512,73 @@ EsFailUnreported(void)
 			if (b->msgs[i].produced && !b->msgs[i].done)
 			{
 				b->msgs[i].done = true;
-				b->msgs[i].err = RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+				b->msgs[i].err = p->sink->lost_err;
 			}
 	}
-	es_revisit = true;
+	p->revisit = true;
 }
 
 /* Whether settled messages should be recorded now */
 static bool
-EsRecordDue(TimestampTz now)
+EsRecordDue(EsPipe *p, TimestampTz now)
 {
-	EsOutcome  *o = es_outcome;
+	EsOutcome  *o = p->outcome;
 
 	if (o->nsettled == 0)
 		return false;
 	return o->nretry > 0 || o->ndead[0] > 0 || o->ndead[1] > 0 ||
 		o->nsettled >= es_relay_batch_size ||
-		es_window_count + o->nsettled >= es_relay_window_messages ||
-		(es_revisit && es_window_count == 0) ||
+		p->window_count + o->nsettled >= es_relay_window_messages ||
+		(p->revisit && p->window_count == 0) ||
 		TimestampDifferenceExceeds(o->first_at, now, ES_RECORD_DELAY_MS);
 }
 
 /* Record the settled messages, account for them, start a new outcome */
 static void
-EsRecordSettled(void)
+EsRecordSettled(EsPipe *p)
 {
-	EsOutcome  *o = es_outcome;
+	EsOutcome  *o = p->outcome;
 
 	es_round_step = "recording deliveries";
-	if (!EsRelayRecord(o, es_window_outbox))
+	if (!EsRelayRecord(o, p->window_outbox))
 		ereport(LOG,
 				(errmsg("eventstore relay: the outcome of sent messages is dropped: the outbox they were read from no longer exists"),
 				 errdetail("%d messages were acknowledged, %d were to be retried and %d to be dead-lettered.",
 						   o->nsent, o->nretry, o->ndead[0] + o->ndead[1])));
 	es_failed_rounds = 0;
-	EsRelayAccount(o->nsent, o->nretry, o->ndead[0] + o->ndead[1], o->last_error,
+	EsRelayAccount(p->id, o->nsent, o->nretry, o->ndead[0] + o->ndead[1], o->last_error,
 				   o->latencies, o->nsent);
 	if (o->nsent + o->nretry + o->ndead[0] + o->ndead[1] > 0 && o->all_down)
-		EsKafkaSetBrokersDown();
+		p->sink->set_down();
 	if (o->nretry > 0)
 	{
 		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													  (int) ceil(Max(1, o->first_retry_ms)));
 
-		es_retries_pending = true;
-		if (es_revisit_at == 0 || due < es_revisit_at)
-			es_revisit_at = due;
+		p->retries_pending = true;
+		if (p->revisit_at == 0 || due < p->revisit_at)
+			p->revisit_at = due;
 	}
-	es_outcome = EsNewOutcome();
+	p->outcome = EsNewOutcome(p);
 }
 
 /* Whether the window has room for another read */
 static bool
-EsWindowHasRoom(void)
+EsWindowHasRoom(EsPipe *p)
 {
-	return es_window_count + es_outcome->nsettled < es_relay_window_messages &&
-		es_window_bytes < (Size) es_relay_window_memory * 1024;
+	return p->window_count + p->outcome->nsettled < es_relay_window_messages &&
+		p->window_bytes < (Size) es_relay_window_memory * 1024;
 }
 
 /* Whether every message read was produced or held (none waits for room) */
 static bool
-EsWindowProduced(void)
+EsWindowProduced(EsPipe *p)
 {
 	EsBatch    *tail;
 
-	if (es_window == NIL)
+	if (p->window == NIL)
 		return true;
-	tail = llast(es_window);
+	tail = llast(p->window);
 	return tail->looked_at == tail->n;
 }
 
@@ -562,28 +588,28 @@ EsWindowProduced(void)
  * window can drain for a revisit, a new producer or a stop
  */
 static void
-EsHoldUnproduced(void)
+EsHoldUnproduced(EsPipe *p)
 {
 	EsBatch    *tail;
 
-	if (EsWindowProduced())
+	if (EsWindowProduced(p))
 		return;
-	tail = llast(es_window);
+	tail = llast(p->window);
 	for (; tail->looked_at < tail->n; tail->looked_at++)
 		tail->msgs[tail->looked_at].held = true;
-	es_revisit = true;
+	p->revisit = true;
 }
 
 /* Whether nothing is in the window, settled or not */
 static bool
-EsWindowEmpty(void)
+EsWindowEmpty(EsPipe *p)
 {
-	return es_window == NIL && es_outcome->nsettled == 0;
+	return p->window == NIL && p->outcome->nsettled == 0;
 }
 
 /* Read the next ready rows into the window and send them */
 static void
-EsReadAndSend(void)
+EsReadAndSend(EsPipe *p)
 {
 	MemoryContext cxt = AllocSetContextCreate(es_relay_cxt, "eventstore relay batch",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -593,23 +619,23 @@ EsReadAndSend(void)
 	long		wait_ms = es_relay_idle_interval;
 	TimestampTz retry_due = 0;
 	int			limit = Min(es_relay_batch_size,
-							es_relay_window_messages - es_window_count - es_outcome->nsettled);
+							es_relay_window_messages - p->window_count - p->outcome->nsettled);
 	int			i;
 
 	es_round_step = "reading the outbox";
 	b->cxt = cxt;
 	es_reading_cxt = cxt;
-	b->n = EsRelayFetch(&outbox, es_last_read, limit, &b->msgs, &wait_ms, &retry_due,
-						&es_retries_pending);
+	b->n = EsRelayFetch(p->id, &outbox, p->last_read, limit, &b->msgs, &wait_ms, &retry_due,
+						&p->retries_pending);
 	es_reading_cxt = NULL;
 	MemoryContextSwitchTo(old);
 	es_failed_rounds = 0;
-	es_read_wanted = b->n == limit;
-	es_read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
-	if (retry_due != 0 && (es_revisit_at == 0 || retry_due < es_revisit_at))
-		es_revisit_at = retry_due;
+	p->read_wanted = b->n == limit;
+	p->read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+	if (retry_due != 0 && (p->revisit_at == 0 || retry_due < p->revisit_at))
+		p->revisit_at = retry_due;
 
-	if (outbox != es_window_outbox)
+	if (outbox != p->window_outbox)
 	{
 		/*
 		 * The extension was created (again): ids start over.  What the
@@ -617,14 +643,14 @@ EsReadAndSend(void)
 		 * start once the window drained.
 		 */
 		MemoryContextDelete(cxt);
-		if (EsWindowEmpty())
+		if (EsWindowEmpty(p))
 		{
-			es_window_outbox = outbox;
-			es_last_read = 0;
-			es_read_wanted = OidIsValid(outbox);
+			p->window_outbox = outbox;
+			p->last_read = 0;
+			p->read_wanted = OidIsValid(outbox);
 		}
 		else
-			es_revisit = true;
+			p->revisit = true;
 		return;
 	}
 	if (b->n == 0)
@@ -633,13 +659,13 @@ EsReadAndSend(void)
 		return;
 	}
 
-	es_last_read = b->msgs[b->n - 1].id;
-	es_window = lappend(es_window, b);
-	es_window_count += b->n;
+	p->last_read = b->msgs[b->n - 1].id;
+	p->window = lappend(p->window, b);
+	p->window_count += b->n;
 	for (i = 0; i < b->n; i++)
-		es_window_bytes += b->msgs[i].bytes;
+		p->window_bytes += b->msgs[i].bytes;
 	es_round_step = "sending";
-	EsProduceBatch(b);
+	EsProduceBatch(p, b);
 }
 
 /*
@@ -680,6 +706,7 @@ EsRelayRecover(MemoryContext error_cxt)
 {
 	ErrorData  *edata;
 	char		error[256];
+	int			i;
 
 	/* Since not using PG_TRY, reset the error stack by hand */
 	error_context_stack = NULL;
@@ -703,8 +730,12 @@ EsRelayRecover(MemoryContext error_cxt)
 	es_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											  (int) EsBackoffMs(es_failed_rounds - 1));
 	snprintf(error, sizeof(error), "%s: %s", es_round_step, edata->message);
-	EsRelayAccount(0, 0, 0, error, NULL, 0);
-	EsRelayShowState(ES_RELAY_ERROR);
+	for (i = 0; i < ES_NUM_SINKS; i++)
+		if (es_pipes[i].sink != NULL && (es_current == NULL || es_current == &es_pipes[i]))
+		{
+			EsRelayAccount(i, 0, 0, 0, error, NULL, 0);
+			EsRelayShowState(&es_pipes[i], ES_RELAY_ERROR);
+		}
 	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting to retry after an error");
 	MemoryContextReset(error_cxt);
 	RESUME_INTERRUPTS();
@@ -723,11 +754,11 @@ EsEarlier(TimestampTz a, TimestampTz b)
  * partition can be sent after it failed
  */
 static TimestampTz
-EsDeliveryDeadline(void)
+EsDeliveryDeadline(EsPipe *p)
 {
 	ListCell   *lc;
 
-	foreach(lc, es_window)
+	foreach(lc, p->window)
 	{
 		EsBatch    *b = lfirst(lc);
 		int			i;
@@ -740,39 +771,38 @@ EsDeliveryDeadline(void)
 }
 
 /*
- * One turn of the worker: serve reports, settle, record, read and send as
- * far as there is work; returns when to wake at the latest (0: no limit)
+ * One turn of a sink's pipeline: serve answers, settle, record, read and
+ * send as far as there is work; returns when to wake at the latest (0: no
+ * limit)
  */
 static TimestampTz
-EsRelayTurn(void)
+EsRelayTurn(EsPipe *p)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz wake = 0;
 	TimestampTz deadline;
 	bool		running;
 
-	if (es_kafka_brokers[0] == '\0' || EsKafkaSettingsChanged())
-		es_draining = EsKafkaRunning();
-	if (EsKafkaFailed())
+	es_current = p;
+	if (!p->sink->configured() || p->sink->settings_changed())
+		p->draining = p->sink->running();
+	if (p->sink->failed())
 	{
-		EsKafkaStop();
-		EsFailUnreported();
+		p->sink->stop();
+		EsFailUnreported(p);
 	}
 
-	EsKafkaServe();
-	if (EsKafkaTakeFailure())
-		es_revisit = true;		/* stop reading until it settled */
-	if (EsRelayTakeRevisit())
-		es_revisit = true;
-	if (es_revisit_at != 0 && now >= es_revisit_at)
+	if (p->sink->serve())
+		p->revisit = true;		/* stop reading until it settled */
+	if (p->revisit_at != 0 && now >= p->revisit_at)
 	{
-		es_revisit = true;
-		es_revisit_at = 0;
+		p->revisit = true;
+		p->revisit_at = 0;
 	}
-	if (es_revisit || es_draining || !EsKafkaRunning())
-		EsHoldUnproduced();
-	EsSettleWindow();
-	deadline = EsDeliveryDeadline();
+	if (p->revisit || p->draining || !p->sink->running())
+		EsHoldUnproduced(p);
+	EsSettleWindow(p);
+	deadline = EsDeliveryDeadline(p);
 	if (deadline != 0 && now >= deadline)
 	{
 		/*
@@ -780,97 +810,103 @@ EsRelayTurn(void)
 		 * message produced now could reach the broker before the purged
 		 * ones of its key are sent again
 		 */
-		EsKafkaPurgeQueue();
-		es_revisit = true;
+		p->sink->purge();
+		p->revisit = true;
 		wake = TimestampTzPlusMilliseconds(now, ES_PURGE_RECHECK_MS);
 	}
 	else
 		wake = deadline;
-	if (EsRecordDue(now))
-		EsRecordSettled();
-	if (es_draining && EsWindowEmpty())
+	if (EsRecordDue(p, now))
+		EsRecordSettled(p);
+	if (p->draining && EsWindowEmpty(p))
 	{
-		EsKafkaStop();
-		es_draining = false;
+		p->sink->stop();
+		p->draining = false;
 	}
 
-	running = EsKafkaRunning();
-	if (!running && es_kafka_brokers[0] != '\0' && EsWindowEmpty())
+	running = p->sink->running();
+	if (!running && p->sink->configured() && EsWindowEmpty(p))
 	{
-		if (!EsKafkaStart())
+		if (!p->sink->start())
 		{
-			EsRelaySetState(ES_RELAY_CONNECTING);
-			EsRelayAccount(0, 0, 0, "invalid Kafka settings: see the server log", NULL, 0);
+			char	   *error = psprintf("invalid %s settings: see the server log",
+									 EsSinkTitle(p->id));
+
+			EsRelaySetState(p->id, ES_RELAY_CONNECTING);
+			EsRelayAccount(p->id, 0, 0, 0, error, NULL, 0);
+			pfree(error);
 			return TimestampTzPlusMilliseconds(now, es_retry_backoff_max);
 		}
+		EsRelaySetState(p->id, ES_RELAY_CONNECTING);
 		running = true;
 	}
 	if (!running)
 	{
-		EsRelaySetState(ES_RELAY_DISABLED);
+		EsRelaySetState(p->id, ES_RELAY_DISABLED);
 		return wake;			/* off: sleep until a reload */
 	}
 
 	/* Finish sending a read that a full queue or an error interrupted */
-	if (!EsWindowProduced() && !es_revisit)
-		EsProduceBatch(llast(es_window));
+	if (!EsWindowProduced(p) && !p->revisit)
+		EsProduceBatch(p, llast(p->window));
 
 	/*
 	 * The safety net: an idle relay reads the outbox from its start every
 	 * relay_idle_interval, for rows it passed that became ready in a way it
 	 * was not told of (dead letters deleted by hand)
 	 */
-	if (es_rescan_at == 0)
-		es_rescan_at = TimestampTzPlusMilliseconds(now, es_relay_idle_interval);
-	if (now >= es_rescan_at && EsWindowEmpty())
-		es_revisit = true;
+	if (p->rescan_at == 0)
+		p->rescan_at = TimestampTzPlusMilliseconds(now, es_relay_idle_interval);
+	if (now >= p->rescan_at && EsWindowEmpty(p))
+		p->revisit = true;
 
 	/* Once the window drained, read the outbox again from the start */
-	if (es_revisit && EsWindowEmpty())
+	if (p->revisit && EsWindowEmpty(p))
 	{
-		es_revisit = false;
-		es_last_read = 0;
-		es_read_wanted = true;
-		es_rescan_at = TimestampTzPlusMilliseconds(now, es_relay_idle_interval);
-		EsResetKeys();
+		p->revisit = false;
+		p->last_read = 0;
+		p->read_wanted = true;
+		p->rescan_at = TimestampTzPlusMilliseconds(now, es_relay_idle_interval);
+		EsResetKeys(p);
 	}
-	if (es_read_at != 0 && now >= es_read_at)
-		es_read_wanted = true;
-	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom() &&
-		EsWindowProduced())
+	if (p->read_at != 0 && now >= p->read_at)
+		p->read_wanted = true;
+	if (p->read_wanted && !p->revisit && !p->draining && EsWindowHasRoom(p) &&
+		EsWindowProduced(p))
 	{
-		EsReadAndSend();
-		EsKafkaServe();
-		EsSettleWindow();
+		EsReadAndSend(p);
+		if (p->sink->serve())
+			p->revisit = true;
+		EsSettleWindow(p);
 	}
 
-	EsRelaySetInFlight(EsKafkaInFlight());
-	EsKafkaProbe();
-	EsRelayShowState(es_window != NIL ? ES_RELAY_SENDING :
-					 es_revisit_at != 0 ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
+	EsRelaySetInFlight(p->id, p->sink->in_flight());
+	p->sink->probe();
+	EsRelayShowState(p, p->window != NIL ? ES_RELAY_SENDING :
+					 p->revisit_at != 0 ? ES_RELAY_BACKING_OFF : ES_RELAY_IDLE);
 
 	/* More to do at once, or the earliest of the timers */
-	if (es_read_wanted && !es_revisit && !es_draining && EsWindowHasRoom() &&
-		EsWindowProduced())
+	if (p->read_wanted && !p->revisit && !p->draining && EsWindowHasRoom(p) &&
+		EsWindowProduced(p))
 		return now;
-	if (es_revisit && EsWindowEmpty())
+	if (p->revisit && EsWindowEmpty(p))
 		return now;
-	if (es_outcome->nsettled > 0)
-		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(es_outcome->first_at, ES_RECORD_DELAY_MS));
-	wake = EsEarlier(wake, es_revisit_at);
+	if (p->outcome->nsettled > 0)
+		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(p->outcome->first_at, ES_RECORD_DELAY_MS));
+	wake = EsEarlier(wake, p->revisit_at);
 	/* The read timer only when a read could start (else: reports wake us) */
-	if (!es_revisit && !es_draining && EsWindowHasRoom() && EsWindowProduced())
-		wake = EsEarlier(wake, es_read_at);
-	if (EsWindowEmpty())
-		wake = EsEarlier(wake, es_rescan_at);
-	if (EsKafkaBrokersDown())
+	if (!p->revisit && !p->draining && EsWindowHasRoom(p) && EsWindowProduced(p))
+		wake = EsEarlier(wake, p->read_at);
+	if (EsWindowEmpty(p))
+		wake = EsEarlier(wake, p->rescan_at);
+	if (p->sink->down())
 		wake = EsEarlier(wake, TimestampTzPlusMilliseconds(now, 1000));
 	return wake;
 }
 
 /*
- * Sleep until the latch is set, a delivery report arrives, or 'wake' (0:
- * no limit).  Table statistics are reported first, as PostgresMain does
+ * Sleep until the latch is set, a sink's answers arrive, or 'wake' (0: no
+ * limit).  Table statistics are reported first, as PostgresMain does
  * between queries: the outbox's autovacuum depends on the relay's deletes
  * being counted; what could not be reported yet shortens the sleep.
  */
@@ -879,9 +915,10 @@ EsRelaySleep(TimestampTz wake)
 {
 	long		stats_ms = pgstat_report_stat(false);
 	long		sleep_ms = -1;
-	pgsocket	sock = EsKafkaReportSocket();
-	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
-	int			rc;
+	WaitEventSet *set;
+	WaitEvent	events[ES_NUM_SINKS + 2];
+	int			nevents;
+	int			i;
 
 	if (wake != 0)
 		sleep_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), wake);
@@ -889,17 +926,79 @@ EsRelaySleep(TimestampTz wake)
 		sleep_ms = stats_ms;
 	if (sleep_ms == 0)
 		return;
-	if (sleep_ms > 0)
-		events |= WL_TIMEOUT;
-	if (sock != PGINVALID_SOCKET)
-		events |= WL_SOCKET_READABLE;
 	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting");
-	rc = WaitLatchOrSocket(MyLatch, events, sock, sleep_ms, PG_WAIT_EXTENSION);
-	if (rc & WL_LATCH_SET)
+
+	set = EsCreateWaitEventSet(ES_NUM_SINKS + 2);
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	for (i = 0; i < ES_NUM_SINKS; i++)
 	{
-		ResetLatch(MyLatch);
-		es_read_wanted = true;
+		pgsocket	sock;
+
+		if (es_pipes[i].sink == NULL || !es_pipes[i].sink->running())
+			continue;
+		sock = es_pipes[i].sink->socket();
+		if (sock != PGINVALID_SOCKET)
+			AddWaitEventToSet(set, WL_SOCKET_READABLE, sock, NULL, NULL);
 	}
+	nevents = WaitEventSetWait(set, sleep_ms, events, lengthof(events), PG_WAIT_EXTENSION);
+	FreeWaitEventSet(set);
+	for (i = 0; i < nevents; i++)
+		if (events[i].events & WL_LATCH_SET)
+		{
+			int			j;
+
+			ResetLatch(MyLatch);
+			for (j = 0; j < ES_NUM_SINKS; j++)
+				es_pipes[j].read_wanted = true;
+		}
+}
+
+/* Process exit (before_shmem_exit): each running sink's bounded flush */
+static void
+EsRelaySinksAtExit(int code, Datum arg)
+{
+	int			i;
+
+	for (i = 0; i < ES_NUM_SINKS; i++)
+		if (es_pipes[i].sink != NULL && es_pipes[i].sink->running())
+			es_pipes[i].sink->at_exit();
+}
+
+/* Set up the pipeline of every sink built in */
+static void
+EsRelayPipesInit(void)
+{
+	int			i;
+
+	for (i = 0; i < ES_NUM_SINKS; i++)
+	{
+		EsPipe	   *p = &es_pipes[i];
+
+		memset(p, 0, sizeof(EsPipe));
+		p->id = (EsSinkId) i;
+		p->sink = es_sinks[i];
+		if (p->sink == NULL)
+			continue;
+		p->outcome_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay outcome",
+											   ALLOCSET_DEFAULT_SIZES);
+		p->keys_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay keys",
+											ALLOCSET_DEFAULT_SIZES);
+		p->outcome = EsNewOutcome(p);
+		EsResetKeys(p);
+		p->retries_pending = true;
+		p->read_wanted = true;
+	}
+}
+
+/* Every pipeline reads the outbox from the start once its window drained */
+static void
+EsRelayRevisitAll(void)
+{
+	int			i;
+
+	for (i = 0; i < ES_NUM_SINKS; i++)
+		es_pipes[i].revisit = true;
 }
 
 /* The relay worker's entry point */
@@ -918,18 +1017,13 @@ eventstore_relay_main(Datum arg)
 
 	EsSetRelayLatch(MyLatch);
 	before_shmem_exit(EsRelayExit, (Datum) 0);
-	/* Runs first (callbacks run in reverse order): flush the producer */
-	before_shmem_exit(EsKafkaAtExit, (Datum) 0);
+	/* Runs first (callbacks run in reverse order): flush the sinks */
+	before_shmem_exit(EsRelaySinksAtExit, (Datum) 0);
 	es_relay_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay",
 										 ALLOCSET_DEFAULT_SIZES);
-	es_outcome_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay outcome",
-										   ALLOCSET_DEFAULT_SIZES);
-	es_keys_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay keys",
-										ALLOCSET_DEFAULT_SIZES);
 	error_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay error",
 									  ALLOCSET_DEFAULT_SIZES);
-	es_outcome = EsNewOutcome();
-	EsResetKeys();
+	EsRelayPipesInit();
 	ereport(LOG,
 			(errmsg("eventstore relay started for database \"%s\"", es_database)));
 
@@ -940,7 +1034,8 @@ eventstore_relay_main(Datum arg)
 
 	for (;;)
 	{
-		TimestampTz wake;
+		TimestampTz wake = 0;
+		int			i;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -948,19 +1043,27 @@ eventstore_relay_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			/* on_dead_letter may have released parked rows it passed */
-			es_revisit = true;
+			EsRelayRevisitAll();
 		}
+		/* Requeued or discarded dead letters */
+		if (EsRelayTakeRevisit())
+			EsRelayRevisitAll();
 
 		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)
 		{
-			/* After an error: only serve reports until the backoff passed */
-			EsKafkaServe();
+			/* After an error: only serve answers until the backoff passed */
+			for (i = 0; i < ES_NUM_SINKS; i++)
+				if (es_pipes[i].sink != NULL && es_pipes[i].sink->serve())
+					es_pipes[i].revisit = true;
 			wake = es_retry_at;
 		}
 		else
 		{
 			es_retry_at = 0;
-			wake = EsRelayTurn();
+			for (i = 0; i < ES_NUM_SINKS; i++)
+				if (es_pipes[i].sink != NULL)
+					wake = EsEarlier(wake, EsRelayTurn(&es_pipes[i]));
+			es_current = NULL;
 		}
 		EsRelaySleep(wake);
 	}

@@ -185,7 +185,7 @@ EsMessageToUtf8(Oid proc, EsMessage *m)
 	if (!ok)
 	{
 		m->done = true;
-		m->err = RD_KAFKA_RESP_ERR__BAD_MSG;
+		m->err = ES_SINK_REFUSED;
 		m->refused = psprintf("not convertible to UTF-8: a character of the database encoding \"%s\" has no UTF-8 equivalent, or a field is longer than %d bytes",
 							  GetDatabaseEncodingName(), ES_MAX_CONVERTED);
 	}
@@ -263,13 +263,13 @@ EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
  * an open transaction, or no extension).
  */
 int
-EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
+EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msgs,
 			 long *wait_ms, TimestampTz *retry_due, bool *retries)
 {
 	static SPIPlanPtr fetch_plan = NULL;
 	static SPIPlanPtr due_plan = NULL;
-	Oid			argtypes[5] = {INT8OID, INT4OID, BOOLOID, INT8OID, BOOLOID};
-	Datum		values[5];
+	Oid			argtypes[6] = {INT8OID, INT4OID, BOOLOID, INT8OID, BOOLOID, TEXTOID};
+	Datum		values[6];
 	MemoryContext batch_cxt = CurrentMemoryContext;
 	char	   *source;
 	Oid			to_utf8;
@@ -294,6 +294,12 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 	}
 
 	*outbox = EsLockOutbox(AccessShareLock);
+	if (get_attnum(*outbox, "sink") == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the eventstore extension's SQL objects are older than its library"),
+				 errhint("Run ALTER EXTENSION eventstore UPDATE in database \"%s\"; the outbox is relayed after that.",
+						 es_database)));
 	to_utf8 = EsUtf8Conversion();
 
 	EsPinPlans();
@@ -304,6 +310,7 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 	values[2] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
 	values[3] = Int64GetDatum(after);
 	values[4] = BoolGetDatum(*retries);
+	values[5] = CStringGetTextDatum(EsSinkName(sink));
 	source = MemoryContextStrdup(batch_cxt, EsCloudEventsSource());
 	PushActiveSnapshot(GetTransactionSnapshot());
 
@@ -322,22 +329,25 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 								" FROM (SELECT * FROM eventstore.outbox o"
 								" WHERE o.id OPERATOR(pg_catalog.<) $1"
 								" AND o.id OPERATOR(pg_catalog.>) $4"
+								" AND o.sink OPERATOR(pg_catalog.=) $6"
 								" AND (o.next_attempt_at IS NULL"
 								" OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
 								" AND NOT ($5 AND EXISTS (SELECT FROM eventstore.outbox b"
 								" WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
+								" AND b.sink OPERATOR(pg_catalog.=) o.sink"
 								" AND b.id OPERATOR(pg_catalog.<) o.id"
 								" AND b.next_attempt_at OPERATOR(pg_catalog.>)"
 								" CASE WHEN $4 OPERATOR(pg_catalog.=) 0 THEN pg_catalog.now()"
 								" ELSE '-infinity'::pg_catalog.timestamptz END))"
 								" AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d"
-								" WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key))"
+								" WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key"
+								" AND d.sink OPERATOR(pg_catalog.=) o.sink))"
 								" ORDER BY o.id LIMIT $2) o"
 								" LEFT JOIN LATERAL (SELECT * FROM eventstore.events e"
 								" WHERE e.global_position OPERATOR(pg_catalog.=) o.event_position"
 								" LIMIT 1) e ON true"
 								" ORDER BY o.id",
-								5, argtypes, CURSOR_OPT_GENERIC_PLAN),
+								6, argtypes, CURSOR_OPT_GENERIC_PLAN),
 			  values, NULL, true, SPI_OK_SELECT);
 
 	*msgs = MemoryContextAllocZero(batch_cxt, sizeof(EsMessage) * Max(SPI_processed, 1));
@@ -390,7 +400,11 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 		EsMessageToUtf8(to_utf8, m);
 		m->bytes = (m->key ? strlen(m->key) : 0) + (m->value ? strlen(m->value) : 0);
 		for (h = 0; h < m->nheaders && m->refused == NULL; h++)
+		{
 			m->bytes += strlen(m->headers[h].name) + strlen(m->headers[h].value);
+			if (strcmp(m->headers[h].name, "ce_id") == 0)
+				m->ce_id = m->headers[h].value;
+		}
 		MemoryContextSwitchTo(old);
 	}
 
@@ -400,8 +414,9 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 		Datum		due;
 
 		/*
-		 * When the next retry is due, and whether committed rows at or above
-		 * the horizon wait for an open transaction that took a smaller id.
+		 * When the sink's next retry is due, and whether committed rows at
+		 * or above the horizon wait for an open transaction that took a
+		 * smaller id.
 		 * That transaction's end wakes us; should the wake-up be missed, look
 		 * again soon rather than after the idle interval.
 		 */
@@ -410,12 +425,13 @@ EsRelayFetch(Oid *outbox, int64 after, int limit, EsMessage **msgs,
 						 " pg_catalog.min(next_attempt_at) OPERATOR(pg_catalog.-) pg_catalog.now())"
 						 " OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
 						 " FROM eventstore.outbox"
-						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()),"
+						 " WHERE next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.now()"
+						 " AND sink OPERATOR(pg_catalog.=) $6),"
 						 " EXISTS (SELECT FROM eventstore.outbox"
 						 " WHERE id OPERATOR(pg_catalog.>=) $1),"
 						 " EXISTS (SELECT FROM eventstore.outbox"
-						 " WHERE next_attempt_at IS NOT NULL)",
-						 1, argtypes),
+						 " WHERE next_attempt_at IS NOT NULL AND sink OPERATOR(pg_catalog.=) $6)",
+						 6, argtypes),
 				  values, NULL, true, SPI_OK_SELECT);
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		*retry_due = isnull ? 0 :
@@ -516,10 +532,10 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, const char *forward_to)
 						 " AND o.id OPERATOR(pg_catalog.=) ANY ($1) RETURNING o.*, u.err)"
 						 " INSERT INTO eventstore.dead_letters (outbox_id, topic, message_key,"
 						 " payload, headers, event_position, created_at, attempts, last_error,"
-						 " first_failed_at, last_failed_at)"
+						 " first_failed_at, last_failed_at, sink)"
 						 " SELECT id, topic, message_key, payload, headers, event_position,"
 						 " created_at, attempts OPERATOR(pg_catalog.+) 1, err,"
-						 " coalesce(first_failed_at, pg_catalog.now()), pg_catalog.now()"
+						 " coalesce(first_failed_at, pg_catalog.now()), pg_catalog.now(), sink"
 						 " FROM moved ORDER BY id",
 						 2, argtypes),
 				  values, NULL, false, SPI_OK_INSERT);
@@ -533,7 +549,7 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, const char *forward_to)
 					 " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(id, err)"
 					 " WHERE o.id OPERATOR(pg_catalog.=) u.id"
 					 " AND o.id OPERATOR(pg_catalog.=) ANY ($1) RETURNING o.*, u.err)"
-					 " INSERT INTO eventstore.outbox (topic, message_key, payload, headers)"
+					 " INSERT INTO eventstore.outbox (topic, message_key, payload, headers, sink)"
 					 " SELECT pg_catalog.replace($3, '%s', m.topic), m.message_key,"
 					 " coalesce(e.data, m.payload),"
 					 " CASE WHEN m.event_position IS NULL THEN m.headers"
@@ -541,7 +557,8 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, const char *forward_to)
 					 " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object("
 					 "'eventstore-error', m.err, 'eventstore-original-topic', m.topic,"
 					 " 'eventstore-original-outbox-id', m.id::pg_catalog.text,"
-					 " 'eventstore-attempts', (m.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text)"
+					 " 'eventstore-attempts', (m.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text),"
+					 " m.sink"
 					 " FROM moved m LEFT JOIN eventstore.events e"
 					 " ON e.global_position OPERATOR(pg_catalog.=) m.event_position"
 					 " ORDER BY m.id",

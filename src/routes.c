@@ -22,6 +22,11 @@
  * lock acquisition, which makes the next append load the routes again.  So
  * an append routes by the routes committed when it looked them up, whatever
  * its isolation level, as a catalog lookup would.
+ *
+ * A route names its sink (kafka, rabbitmq, nats).  Between the install of a
+ * new library and ALTER EXTENSION eventstore UPDATE, the table may still
+ * lack that column (before 0.5.0): every route then goes to Kafka, and the
+ * route functions called through the old SQL signatures write no sink.
  */
 #include "postgres.h"
 
@@ -34,12 +39,14 @@
 #include "utils/snapmgr.h"
 
 #include "eventstore.h"
+#include "sink.h"
 
 /* One row of eventstore.routes */
 typedef struct EsRoute
 {
 	char	   *category;
 	char	   *topic;
+	const char *sink;			/* one of es_sinks' names */
 } EsRoute;
 
 /* The cached rows, in es_routes_cxt; valid until an invalidation arrives */
@@ -73,7 +80,9 @@ static void
 EsRoutesLoad(void)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plan_without_sink = NULL;
 	uint64		seen;
+	bool		has_sink;
 	uint64		i;
 	int			rc;
 
@@ -85,11 +94,16 @@ EsRoutesLoad(void)
 	}
 	es_routes_valid = false;
 	es_routes_relid = get_relname_relid("routes", EsSchemaOid());
+	has_sink = get_attnum(es_routes_relid, "sink") != InvalidAttrNumber;
 
 	/* Take in the invalidations sent so far before the snapshot is taken */
 	AcceptInvalidationMessages();
 	seen = es_routes_invalidations;
-	rc = SPI_execute_snapshot(EsPlan(&plan, "SELECT category, topic FROM eventstore.routes",
+	rc = SPI_execute_snapshot(has_sink ?
+							  EsPlan(&plan, "SELECT category, topic, sink FROM eventstore.routes",
+									 0, NULL) :
+							  EsPlan(&plan_without_sink,
+									 "SELECT category, topic, 'kafka' FROM eventstore.routes",
 									 0, NULL),
 							  NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
 							  true, false, 0);
@@ -102,6 +116,9 @@ EsRoutesLoad(void)
 	{
 		bool		isnull;
 		HeapTuple	tup = SPI_tuptable->vals[i];
+		char	   *sink = TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3,
+															 &isnull));
+		int			id = EsSinkByName(sink);
 
 		es_routes[i].category =
 			MemoryContextStrdup(es_routes_cxt,
@@ -109,18 +126,21 @@ EsRoutesLoad(void)
 		es_routes[i].topic =
 			MemoryContextStrdup(es_routes_cxt,
 								TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)));
+		/* The table's check constraint allows no other name */
+		es_routes[i].sink = EsSinkName(id < 0 ? ES_SINK_KAFKA : (EsSinkId) id);
 	}
 	es_routes_valid = (es_routes_invalidations == seen);
 }
 
 /*
- * The topic routed from 'category' (its own route, else '*'), or NULL when
- * it has none (SPI connected).  Routes are few, so a linear scan does.
+ * The topic routed from 'category' (its own route, else '*'), and in *sink
+ * its sink's name; NULL when it has none (SPI connected).  Routes are few,
+ * so a linear scan does.
  */
 const char *
-EsRouteTopic(const char *category)
+EsRouteTopic(const char *category, const char **sink)
 {
-	const char *wildcard = NULL;
+	const EsRoute *wildcard = NULL;
 	int			i;
 
 	if (!es_routes_valid)
@@ -128,11 +148,17 @@ EsRouteTopic(const char *category)
 	for (i = 0; i < es_nroutes; i++)
 	{
 		if (strcmp(es_routes[i].category, category) == 0)
+		{
+			*sink = es_routes[i].sink;
 			return es_routes[i].topic;
+		}
 		if (strcmp(es_routes[i].category, "*") == 0)
-			wildcard = es_routes[i].topic;
+			wildcard = &es_routes[i];
 	}
-	return wildcard;
+	if (wildcard == NULL)
+		return NULL;
+	*sink = wildcard->sink;
+	return wildcard->topic;
 }
 
 PG_FUNCTION_INFO_V1(eventstore_routes_changed);
@@ -173,13 +199,19 @@ EsCheckRouteCategory(FunctionCallInfo fcinfo)
 
 PG_FUNCTION_INFO_V1(eventstore_add_route);
 
-/* SQL: eventstore.add_route(category text, topic text); replaces a route */
+/*
+ * SQL: eventstore.add_route(category text, topic text, sink text);
+ * replaces a route.  Called through the two-argument signature of a schema
+ * older than 0.5.0, it writes no sink (Kafka).
+ */
 Datum
 eventstore_add_route(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	static SPIPlanPtr plan_without_sink = NULL;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	bool		with_sink = PG_NARGS() >= 3;
 	EsSavedUser saved;
 
 	values[0] = PointerGetDatum(EsCheckRouteCategory(fcinfo));
@@ -189,17 +221,26 @@ eventstore_add_route(PG_FUNCTION_ARGS)
 				 errmsg("topic must not be null")));
 	EsCheckTopic(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	values[1] = PG_GETARG_DATUM(1);
+	values[2] = CStringGetTextDatum(EsSinkName(EsSinkArgument(fcinfo, 2)));
 	EsWarnIfNotServed();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EsBecomeOwner(&saved);
-	EsSpiExec(EsPlan(&plan,
-					 "INSERT INTO eventstore.routes (category, topic) VALUES ($1, $2)"
-					 " ON CONFLICT (category) DO UPDATE SET topic = excluded.topic,"
-					 " created_at = excluded.created_at",
-					 2, argtypes),
-			  values, NULL, false, SPI_OK_INSERT);
+	if (with_sink)
+		EsSpiExec(EsPlan(&plan,
+						 "INSERT INTO eventstore.routes (category, topic, sink) VALUES ($1, $2, $3)"
+						 " ON CONFLICT (category) DO UPDATE SET topic = excluded.topic,"
+						 " sink = excluded.sink, created_at = excluded.created_at",
+						 3, argtypes),
+				  values, NULL, false, SPI_OK_INSERT);
+	else
+		EsSpiExec(EsPlan(&plan_without_sink,
+						 "INSERT INTO eventstore.routes (category, topic) VALUES ($1, $2)"
+						 " ON CONFLICT (category) DO UPDATE SET topic = excluded.topic,"
+						 " created_at = excluded.created_at",
+						 2, argtypes),
+				  values, NULL, false, SPI_OK_INSERT);
 	EsRestoreUser(&saved);
 	SPI_finish();
 	PG_RETURN_VOID();

@@ -43,7 +43,7 @@ typedef struct EsShared
 	slock_t		mutex;
 	Latch	   *relay_latch;	/* the relay's latch, NULL while none runs */
 	bool		relay_revisit;	/* rows it passed may be ready: look again */
-	EsRelayStats stats;			/* what relay_status() shows */
+	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
 	ConditionVariable events_cv;	/* broadcast when appends end */
 	uint64		commits_written;	/* marks written since startup */
 	EsCommitMark commits[ES_COMMIT_MARKS];	/* a ring of the latest */
@@ -87,7 +87,7 @@ EsShmemStartup(void)
 		es_shared->relay_latch = NULL;
 		es_shared->relay_revisit = false;
 		es_shared->commits_written = 0;
-		memset(&es_shared->stats, 0, sizeof(EsRelayStats));
+		memset(es_shared->stats, 0, sizeof(es_shared->stats));
 		ConditionVariableInit(&es_shared->events_cv);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -114,19 +114,19 @@ EsShmemInit(void)
 void
 EsSetRelayLatch(Latch *latch)
 {
+	int			i;
+
 	if (es_shared == NULL)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
 	es_shared->relay_latch = latch;
 	if (latch != NULL)
+		memset(es_shared->stats, 0, sizeof(es_shared->stats));
+	for (i = 0; i < ES_RELAY_SINKS; i++)
 	{
-		memset(&es_shared->stats, 0, sizeof(EsRelayStats));
-		es_shared->stats.pid = MyProcPid;
-	}
-	else
-	{
-		es_shared->stats.pid = 0;
-		es_shared->stats.state = ES_RELAY_STOPPED;
+		es_shared->stats[i].pid = latch != NULL ? MyProcPid : 0;
+		if (latch == NULL)
+			es_shared->stats[i].state = ES_RELAY_STOPPED;
 	}
 	SpinLockRelease(&es_shared->mutex);
 }
@@ -146,14 +146,14 @@ EsRelayTakeRevisit(void)
 	return revisit;
 }
 
-/* How many messages the relay has in flight, for relay_status() */
+/* How many messages the relay has in flight to a sink, for relay_status() */
 void
-EsRelaySetInFlight(int in_flight)
+EsRelaySetInFlight(int sink, int in_flight)
 {
 	if (es_shared == NULL)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
-	es_shared->stats.in_flight = in_flight;
+	es_shared->stats[sink].in_flight = in_flight;
 	SpinLockRelease(&es_shared->mutex);
 }
 
@@ -218,23 +218,23 @@ EsOutboxCommitTimes(const int64 *ids, int n, TimestampTz *out)
 	SpinLockRelease(&es_shared->mutex);
 }
 
-/* The relay's state, as relay_status() shows it */
+/* The relay's state for a sink, as relay_status() shows it */
 void
-EsRelaySetState(EsRelayState state)
+EsRelaySetState(int sink, EsRelayState state)
 {
 	if (es_shared == NULL)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
-	es_shared->stats.state = state;
+	es_shared->stats[sink].state = state;
 	SpinLockRelease(&es_shared->mutex);
 }
 
 /*
- * Account for a recorded batch: counters, the last error (NULL: none new)
- * and the delivery latencies (ms) of its acknowledged messages.
+ * Account for a recorded batch of a sink: counters, the last error (NULL:
+ * none new) and the delivery latencies (ms) of its acknowledged messages.
  */
 void
-EsRelayAccount(int sent, int retries, int dead, const char *error,
+EsRelayAccount(int sink, int sent, int retries, int dead, const char *error,
 			   const double *latencies, int nlatencies)
 {
 	EsRelayStats *st;
@@ -243,7 +243,7 @@ EsRelayAccount(int sent, int retries, int dead, const char *error,
 
 	if (es_shared == NULL)
 		return;
-	st = &es_shared->stats;
+	st = &es_shared->stats[sink];
 	SpinLockAcquire(&es_shared->mutex);
 	st->sent_total += sent;
 	st->retries_total += retries;
@@ -264,14 +264,14 @@ EsRelayAccount(int sent, int retries, int dead, const char *error,
 	SpinLockRelease(&es_shared->mutex);
 }
 
-/* A copy of the relay's statistics; false without shared memory */
+/* A copy of the relay's statistics for a sink; false without shared memory */
 bool
-EsRelayStatsCopy(EsRelayStats *copy)
+EsRelayStatsCopy(int sink, EsRelayStats *copy)
 {
 	if (es_shared == NULL)
 		return false;
 	SpinLockAcquire(&es_shared->mutex);
-	memcpy(copy, &es_shared->stats, sizeof(EsRelayStats));
+	memcpy(copy, &es_shared->stats[sink], sizeof(EsRelayStats));
 	SpinLockRelease(&es_shared->mutex);
 	return true;
 }

@@ -6,9 +6,13 @@
  */
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "utils/builtins.h"
 
 #include "sink.h"
+
+StaticAssertDecl(ES_NUM_SINKS == ES_RELAY_SINKS, "shared memory has statistics for every sink");
 
 /* The sinks by id (see sink.h) */
 const EsSinkRoutine *const es_sinks[ES_NUM_SINKS] = {
@@ -24,6 +28,19 @@ static const char *const es_sink_names[ES_NUM_SINKS] = {
 	[ES_SINK_NATS] = "nats",
 };
 
+/* A sink's name in messages: Kafka, RabbitMQ, NATS */
+const char *
+EsSinkTitle(EsSinkId id)
+{
+	static const char *const titles[ES_NUM_SINKS] = {
+		[ES_SINK_KAFKA] = "Kafka",
+		[ES_SINK_RABBITMQ] = "RabbitMQ",
+		[ES_SINK_NATS] = "NATS",
+	};
+
+	return titles[id];
+}
+
 /* The id of a sink's name; -1 if none */
 int
 EsSinkByName(const char *name)
@@ -34,6 +51,13 @@ EsSinkByName(const char *name)
 		if (strcmp(es_sink_names[i], name) == 0)
 			return i;
 	return -1;
+}
+
+/* A sink's name */
+const char *
+EsSinkName(EsSinkId id)
+{
+	return es_sink_names[id];
 }
 
 /* Check a sink name given by a user; ERROR if unknown */
@@ -48,6 +72,23 @@ EsCheckSinkName(const char *name)
 				 errmsg("unknown sink \"%s\"", name ? name : "(null)"),
 				 errhint("A sink is kafka, rabbitmq or nats.")));
 	return (EsSinkId) id;
+}
+
+/*
+ * The sink argument 'argno' of a function that takes one last (publish,
+ * replay): Kafka when called through a signature without it (a schema
+ * older than 0.5.0), an error when null or unknown
+ */
+EsSinkId
+EsSinkArgument(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_NARGS() <= argno)
+		return ES_SINK_KAFKA;
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("sink must not be null")));
+	return EsCheckSinkName(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
 }
 
 /*

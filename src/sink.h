@@ -22,6 +22,7 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "utils/timestamp.h"
 
 #include "eventstore.h"
@@ -48,6 +49,9 @@ typedef struct EsMessage
 								 * (done, permanent) */
 	int			err;			/* 0: delivered; else the sink's error code */
 } EsMessage;
+
+/* The err of a message the relay refused before sending (see 'refused') */
+#define ES_SINK_REFUSED PG_INT32_MIN
 
 /* The sinks, in the order relay_status() shows them */
 typedef enum EsSinkId
@@ -120,10 +124,17 @@ extern const EsSinkRoutine EsRabbitMQSink;
 extern const EsSinkRoutine EsNatsSink;
 extern const EsSinkRoutine *const es_sinks[ES_NUM_SINKS];
 
+/* A sink's name (sink.c) */
+extern const char *EsSinkName(EsSinkId id);
+/* A sink's name in messages: Kafka, RabbitMQ, NATS (sink.c) */
+extern const char *EsSinkTitle(EsSinkId id);
 /* The id of a sink's name; -1 if none (sink.c) */
 extern int	EsSinkByName(const char *name);
 /* Check a sink name given by a user; ERROR 22023 if unknown (sink.c) */
 extern EsSinkId EsCheckSinkName(const char *name);
+
+/* The sink argument of publish() and replay() (sink.c) */
+extern EsSinkId EsSinkArgument(FunctionCallInfo fcinfo, int argno);
 
 /* A secret-free copy of a URL: the password part replaced by "***" (sink.c) */
 extern char *EsScrubUrl(const char *url);

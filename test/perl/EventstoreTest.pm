@@ -1,7 +1,8 @@
 # EventstoreTest.pm
 #	What the TAP tests share: a mock Kafka cluster (test/tools/mock_kafka),
-#	a PostgreSQL node with the relay preloaded, and a Kafka consumer (kcat)
-#	that returns what really arrived on a topic.
+#	real RabbitMQ and NATS servers (test/tools/brokers.sh), a PostgreSQL
+#	node with the relay preloaded, and a Kafka consumer (kcat) that returns
+#	what really arrived on a topic.
 package EventstoreTest;
 
 use strict;
@@ -16,7 +17,7 @@ use Test::More;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(start_mock stop_mock mock_command relay_node consume wait_drained
-  relay_pid first_seen_order last_seen_order);
+  relay_pid first_seen_order last_seen_order start_broker stop_broker);
 
 my $tools = "$ENV{TESTDIR}/test/tools";
 
@@ -55,6 +56,43 @@ sub mock_command
 	$mock->{out} = '';
 	die "mock_kafka: $command: $line" unless $line eq 'ok';
 	return $line;
+}
+
+# Brokers started by start_broker and not stopped yet: stopped at exit
+my %running_brokers;
+
+# Start a real RabbitMQ or NATS server ($kind: 'rabbitmq' or 'nats') with
+# its state in $dir (a restart with the same $dir keeps its port and data);
+# returns its port.  %opts: max_payload (NATS).
+sub start_broker
+{
+	my ($kind, $dir, %opts) = @_;
+	my @cmd = ("$tools/brokers.sh", "$kind-start", $dir);
+	push @cmd, $opts{max_payload} if $kind eq 'nats' && $opts{max_payload};
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err,
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default))
+	  or die "could not start $kind in $dir: $err";
+	chomp $out;
+	$running_brokers{$dir} = $kind;
+	return $out;
+}
+
+# Stop a broker started by start_broker (its data stays in $dir).
+sub stop_broker
+{
+	my ($kind, $dir) = @_;
+	IPC::Run::run([ "$tools/brokers.sh", "$kind-stop", $dir ],
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	delete $running_brokers{$dir};
+	return;
+}
+
+END
+{
+	my $status = $?;
+	stop_broker($running_brokers{$_}, $_) for keys %running_brokers;
+	$? = $status;
 }
 
 # A started node with eventstore preloaded, relaying to $bootstrap (may be

@@ -1,6 +1,7 @@
 # Sourced by the demo and the bench/ scripts: a throw-away PostgreSQL with
-# eventstore preloaded and the mock Kafka cluster, both cleaned up on exit.
-# Run as root from the source tree after `make install`.
+# eventstore preloaded, the mock Kafka cluster, and real RabbitMQ and NATS
+# servers (test/tools/brokers.sh), all cleaned up on exit.  Run as root
+# from the source tree after `make install`.
 set -euo pipefail
 
 bindir=$(pg_config --bindir)
@@ -13,6 +14,8 @@ bench_pgbench() { as_pg pgbench -h "$work" -p "$port" -U postgres "$@" postgres;
 
 bench_cleanup() {
 	as_pg pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	test/tools/brokers.sh rabbitmq-stop "$work/rabbitmq" || true
+	test/tools/brokers.sh nats-stop "$work/nats" || true
 	[ -n "${mock_pid:-}" ] && kill "$mock_pid" "$keep_open" 2>/dev/null || true
 	rm -rf "$work"
 }
@@ -27,6 +30,18 @@ bench_start_mock() {
 	mock_pid=$!
 	for _ in $(seq 50); do grep -q '^bootstrap=' "$work/mock.out" && break; sleep 0.1; done
 	bootstrap=$(sed -n 's/^bootstrap=//p' "$work/mock.out")
+}
+
+# Start a RabbitMQ server; sets $amqp_port and $rabbitmq_url
+bench_start_rabbitmq() {
+	amqp_port=$(test/tools/brokers.sh rabbitmq-start "$work/rabbitmq")
+	rabbitmq_url="amqp://guest:guest@127.0.0.1:$amqp_port/"
+}
+
+# Start a NATS server with JetStream; sets $nats_port and $nats_url
+bench_start_nats() {
+	nats_port=$(test/tools/brokers.sh nats-start "$work/nats")
+	nats_url="nats://127.0.0.1:$nats_port"
 }
 
 # Start PostgreSQL and create the extension; $1: brokers ('' turns the relay
