@@ -17,7 +17,7 @@ StaticAssertDecl(ES_NUM_SINKS == ES_RELAY_SINKS, "shared memory has statistics f
 /* The sinks by id (see sink.h) */
 const EsSinkRoutine *const es_sinks[ES_NUM_SINKS] = {
 	[ES_SINK_KAFKA] = &EsKafkaSink,
-	[ES_SINK_RABBITMQ] = NULL,
+	[ES_SINK_RABBITMQ] = &EsRabbitMQSink,
 	[ES_SINK_NATS] = &EsNatsSink,
 };
 
