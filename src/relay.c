@@ -60,8 +60,9 @@
  * ERROR does not end the worker: it recovers as PostgreSQL's own
  * long-lived processes do (sigsetjmp, EmitErrorReport,
  * AbortCurrentTransaction, FlushErrorState), shows state "error" with the
- * message, and tries again after a backoff.  The window survives in
- * memory: what was sent is recorded later, never sent again for that.
+ * message for the sink whose step failed, and that pipeline tries again
+ * after a backoff while the others go on.  The window survives in memory:
+ * what was sent is recorded later, never sent again for that.
  * FATAL (SIGTERM) still ends it; the postmaster starts it again after
  * bgw_restart_time, and all progress is in the tables.
  */
@@ -183,6 +184,13 @@ typedef struct EsPipe
 
 	/* The sink's settings changed: drain the window, then start it anew */
 	bool		draining;
+
+	/*
+	 * Consecutive steps of this pipeline that failed with an ERROR, and when
+	 * it tries again (0: now); other pipelines go on meanwhile
+	 */
+	int			failed_rounds;
+	TimestampTz retry_at;
 } EsPipe;
 
 /* The pipelines of the sinks built in, by sink id (sink NULL: none) */
@@ -194,10 +202,6 @@ static EsPipe *es_current = NULL;
 /* A read in progress: deleted if an error interrupts it */
 static MemoryContext es_reading_cxt = NULL;
 static MemoryContext es_relay_cxt = NULL;
-
-/* Consecutive failed steps, and when the next try is due (0: now) */
-static int	es_failed_rounds = 0;
-static TimestampTz es_retry_at = 0;
 
 /* What the relay does, for last_error */
 static const char *es_round_step = "reading the outbox";
@@ -217,7 +221,7 @@ EsRelayExit(int code, Datum arg)
 static void
 EsRelayShowState(EsPipe *p, EsRelayState state)
 {
-	if (es_failed_rounds > 0)
+	if (p->failed_rounds > 0)
 		state = ES_RELAY_ERROR;
 	else if (p->sink->down() &&
 			 (state == ES_RELAY_SENDING || state == ES_RELAY_BACKING_OFF ||
@@ -545,7 +549,7 @@ EsRecordSettled(EsPipe *p)
 				(errmsg("eventstore relay: the outcome of sent messages is dropped: the outbox they were read from no longer exists"),
 				 errdetail("%d messages were acknowledged, %d were to be retried and %d to be dead-lettered.",
 						   o->nsent, o->nretry, o->ndead[0] + o->ndead[1])));
-	es_failed_rounds = 0;
+	p->failed_rounds = 0;
 	EsRelayAccount(p->id, o->nsent, o->nretry, o->ndead[0] + o->ndead[1], o->last_error,
 				   o->latencies, o->nsent);
 	if (o->nsent + o->nretry + o->ndead[0] + o->ndead[1] > 0 && o->all_down)
@@ -629,7 +633,7 @@ EsReadAndSend(EsPipe *p)
 						&p->retries_pending);
 	es_reading_cxt = NULL;
 	MemoryContextSwitchTo(old);
-	es_failed_rounds = 0;
+	p->failed_rounds = 0;
 	p->read_wanted = b->n == limit;
 	p->read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 	if (retry_due != 0 && (p->revisit_at == 0 || retry_due < p->revisit_at))
@@ -726,16 +730,21 @@ EsRelayRecover(MemoryContext error_cxt)
 		MemoryContextDelete(es_reading_cxt);
 	es_reading_cxt = NULL;
 
-	es_failed_rounds++;
-	es_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											  (int) EsBackoffMs(es_failed_rounds - 1));
 	snprintf(error, sizeof(error), "%s: %s", es_round_step, edata->message);
+	/* The pipeline whose step failed backs off (all, if none was running) */
 	for (i = 0; i < ES_NUM_SINKS; i++)
-		if (es_pipes[i].sink != NULL && (es_current == NULL || es_current == &es_pipes[i]))
-		{
-			EsRelayAccount(i, 0, 0, 0, error, NULL, 0);
-			EsRelayShowState(&es_pipes[i], ES_RELAY_ERROR);
-		}
+	{
+		EsPipe	   *p = &es_pipes[i];
+
+		if (p->sink == NULL || (es_current != NULL && es_current != p))
+			continue;
+		p->failed_rounds++;
+		p->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  (int) EsBackoffMs(p->failed_rounds - 1));
+		EsRelayAccount(i, 0, 0, 0, error, NULL, 0);
+		EsRelayShowState(p, ES_RELAY_ERROR);
+	}
+	es_current = NULL;
 	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting to retry after an error");
 	MemoryContextReset(error_cxt);
 	RESUME_INTERRUPTS();
@@ -1049,20 +1058,22 @@ eventstore_relay_main(Datum arg)
 		if (EsRelayTakeRevisit())
 			EsRelayRevisitAll();
 
-		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)
+		for (i = 0; i < ES_NUM_SINKS; i++)
 		{
-			/* After an error: only serve answers until the backoff passed */
-			for (i = 0; i < ES_NUM_SINKS; i++)
-				if (es_pipes[i].sink != NULL && es_pipes[i].sink->serve())
-					es_pipes[i].revisit = true;
-			wake = es_retry_at;
-		}
-		else
-		{
-			es_retry_at = 0;
-			for (i = 0; i < ES_NUM_SINKS; i++)
-				if (es_pipes[i].sink != NULL)
-					wake = EsEarlier(wake, EsRelayTurn(&es_pipes[i]));
+			EsPipe	   *p = &es_pipes[i];
+
+			if (p->sink == NULL)
+				continue;
+			if (p->retry_at != 0 && GetCurrentTimestamp() < p->retry_at)
+			{
+				/* After an error: only serve answers until the backoff passed */
+				if (p->sink->serve())
+					p->revisit = true;
+				wake = EsEarlier(wake, p->retry_at);
+				continue;
+			}
+			p->retry_at = 0;
+			wake = EsEarlier(wake, EsRelayTurn(p));
 			es_current = NULL;
 		}
 		EsRelaySleep(wake);
