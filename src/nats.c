@@ -108,6 +108,7 @@ static pthread_mutex_t es_mutex = PTHREAD_MUTEX_INITIALIZER;
 static EsNatsEntry *es_ring = NULL;
 static uint64 es_head = 0;		/* oldest entry that may be in use */
 static uint64 es_tail = 0;		/* next entry to use */
+static uint64 es_first_pending = 0;	/* no pending entry before it */
 static uint64 *es_answered = NULL;	/* positions answered, for serve() */
 static int	es_nanswered = 0;
 static uintptr_t es_generation = 0;
@@ -230,8 +231,15 @@ EsNatsAckHandler(jsCtx *js, natsMsg *nm, jsPubAck *pa, jsPubAckErr *pae, void *c
 	pthread_mutex_lock(&es_mutex);
 	if ((uintptr_t) closure == es_generation && es_ring != NULL)
 	{
-		/* Answers come mostly in order: the entry is near the head */
-		for (i = es_head; i < es_tail; i++)
+		/*
+		 * Answers come mostly in order: the entry is near the oldest
+		 * pending one, which is kept track of so that entries answered and
+		 * not yet served are not looked at again and again
+		 */
+		while (es_first_pending < es_tail &&
+			   es_ring[es_first_pending % ES_NATS_RING_SIZE].state != ES_NATS_PENDING)
+			es_first_pending++;
+		for (i = Max(es_head, es_first_pending); i < es_tail; i++)
 		{
 			EsNatsEntry *e = &es_ring[i % ES_NATS_RING_SIZE];
 
@@ -531,7 +539,7 @@ EsNatsStart(void)
 	es_last_connect_error = NATS_OK;
 	es_last_async_logged = NATS_OK;
 	pthread_mutex_lock(&es_mutex);
-	es_head = es_tail = 0;
+	es_head = es_tail = es_first_pending = 0;
 	es_nanswered = 0;
 	pthread_mutex_unlock(&es_mutex);
 	(void) EsNatsConnect();
@@ -594,7 +602,7 @@ EsNatsForgetAll(bool fail, int err)
 		e->nm = NULL;
 		e->msg = NULL;
 	}
-	es_head = es_tail = 0;
+	es_head = es_tail = es_first_pending = 0;
 	es_nanswered = 0;
 	pthread_mutex_unlock(&es_mutex);
 	es_pending = 0;
