@@ -78,6 +78,9 @@
 #define ES_RMQ_CONNECT_TIMEOUT_S 1
 #define ES_RMQ_HANDSHAKE_TIMEOUT_S 2
 
+/* The CA certificates amqps:// URLs are verified with (Debian's bundle) */
+#define ES_RMQ_CA_BUNDLE		"/etc/ssl/certs/ca-certificates.crt"
+
 /* The one channel we publish on */
 #define ES_RMQ_CHANNEL			1
 
@@ -214,6 +217,14 @@ EsRmqConnect(void)
 	if (sock == NULL)
 	{
 		EsRmqLogOnce("could not connect", "could not create a socket");
+		EsRmqDisconnect();
+		return false;
+	}
+	/* TLS: the system's CA bundle; peer and host name are verified */
+	if (es_info.ssl && access(ES_RMQ_CA_BUNDLE, R_OK) == 0 &&
+		amqp_ssl_socket_set_cacert(sock, ES_RMQ_CA_BUNDLE) != AMQP_STATUS_OK)
+	{
+		EsRmqLogOnce("could not connect", "could not load " ES_RMQ_CA_BUNDLE);
 		EsRmqDisconnect();
 		return false;
 	}
