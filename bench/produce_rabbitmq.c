@@ -6,13 +6,15 @@
  *		16,384 unconfirmed), and report how long the broker took to confirm
  *		all of them.
  *
- *		produce_rabbitmq --port P [--host H] [--input FILE]
+ *		produce_rabbitmq --port P [--host H] [--input FILE] [--rate N]
  *
  * The input (standard input by default) is bench/produce_only's: one JSON
  * object a line, {"topic": exchange, "key", "value", "headers": {...}};
  * headers are mapped as the sink maps them (ce_X -> cloudEvents_X,
  * content-type -> content_type, ce_id -> message_id).  All lines are
- * parsed before the clock starts.  Prints one line:
+ * parsed before the clock starts.  With --rate, N messages a second, and a
+ * header whose value is "now" gets the publish time (RFC 3339), for the
+ * latency floor.  Prints one line:
  *
  *		messages=N acked=A failed=F seconds=S.SSS rate=R first_error=NAME
  *
@@ -35,6 +37,7 @@ typedef struct message
 	amqp_bytes_t key;
 	amqp_bytes_t body;
 	amqp_basic_properties_t props;
+	amqp_bytes_t *stamp;		/* a header value "now": the publish time */
 } message;
 
 static long acked = 0;
@@ -106,6 +109,11 @@ parse(const char *line, message *m)
 			entries[n].key = amqp_bytes_malloc_dup(amqp_cstring_bytes((char *) name));
 		entries[n].value.kind = AMQP_FIELD_KIND_UTF8;
 		entries[n].value.value.bytes = value;
+		if (strcmp(json_string_value(v) ? json_string_value(v) : "", "now") == 0)
+		{
+			entries[n].value.value.bytes = amqp_bytes_malloc(40);
+			m->stamp = &entries[n].value.value.bytes;
+		}
 		n++;
 	}
 	if (n > 0)
@@ -116,6 +124,20 @@ parse(const char *line, message *m)
 	}
 	json_decref(o);
 	return 0;
+}
+
+/* Write the current time (RFC 3339, microseconds) into a "now" header */
+static void
+stamp(amqp_bytes_t *b)
+{
+	struct timespec ts;
+	struct tm	tm;
+	char		buf[40];
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+	b->len = snprintf(b->bytes, 40, "%s.%06ldZ", buf, ts.tv_nsec / 1000);
 }
 
 /* Read the broker's answers, waiting at most 'wait' for the first; -1 on errors */
@@ -188,6 +210,7 @@ main(int argc, char **argv)
 {
 	const char *host = "127.0.0.1";
 	const char *input = NULL;
+	double		rate = 0;
 	int			port = 0;
 	FILE	   *in = stdin;
 	message    *msgs = NULL;
@@ -210,12 +233,14 @@ main(int argc, char **argv)
 			host = argv[++i];
 		else if (strcmp(argv[i], "--input") == 0 && i + 1 < argc)
 			input = argv[++i];
+		else if (strcmp(argv[i], "--rate") == 0 && i + 1 < argc)
+			rate = atof(argv[++i]);
 		else
 			port = -1;
 	}
 	if (port <= 0 || (input && (in = fopen(input, "r")) == NULL))
 	{
-		fprintf(stderr, "usage: produce_rabbitmq --port P [--host H] [--input FILE]\n");
+		fprintf(stderr, "usage: produce_rabbitmq --port P [--host H] [--input FILE] [--rate N]\n");
 		return 2;
 	}
 	while (getline(&line, &linecap, in) > 0)
@@ -253,6 +278,15 @@ main(int argc, char **argv)
 			if (serve(conn, &w) < 0)
 				return 1;
 		}
+		while (rate > 0 && now_s() < t0 + i / rate)
+		{
+			struct timeval w = {0, 200};
+
+			if (serve(conn, &w) < 0)
+				return 1;
+		}
+		if (msgs[i].stamp)
+			stamp(msgs[i].stamp);
 		if (amqp_basic_publish(conn, 1, msgs[i].exchange, msgs[i].key, 1, 0,
 							   &msgs[i].props, msgs[i].body) != AMQP_STATUS_OK)
 		{

@@ -78,6 +78,9 @@
 #define ES_RMQ_CONNECT_TIMEOUT_S 1
 #define ES_RMQ_HANDSHAKE_TIMEOUT_S 2
 
+/* The CA certificates amqps:// URLs are verified with (Debian's bundle) */
+#define ES_RMQ_CA_BUNDLE		"/etc/ssl/certs/ca-certificates.crt"
+
 /* The one channel we publish on */
 #define ES_RMQ_CHANNEL			1
 
@@ -109,6 +112,9 @@ static struct amqp_connection_info es_info;
 
 /* The last connection error logged, so that each is logged once */
 static char es_last_logged[256] = "";
+
+/* Scratch memory of one publish (its header table), reset after each */
+static MemoryContext es_publish_cxt = NULL;
 
 /* A pipe with a byte in it: readable whenever the relay must not sleep */
 static int	es_wake_pipe[2] = {-1, -1};
@@ -211,6 +217,14 @@ EsRmqConnect(void)
 	if (sock == NULL)
 	{
 		EsRmqLogOnce("could not connect", "could not create a socket");
+		EsRmqDisconnect();
+		return false;
+	}
+	/* TLS: the system's CA bundle; peer and host name are verified */
+	if (es_info.ssl && access(ES_RMQ_CA_BUNDLE, R_OK) == 0 &&
+		amqp_ssl_socket_set_cacert(sock, ES_RMQ_CA_BUNDLE) != AMQP_STATUS_OK)
+	{
+		EsRmqLogOnce("could not connect", "could not load " ES_RMQ_CA_BUNDLE);
 		EsRmqDisconnect();
 		return false;
 	}
@@ -839,8 +853,10 @@ EsRmqSend(EsMessage *msg)
 	if (vallen > ES_RMQ_MAX_BODY)
 		return EsRmqRefuse(msg, ES_RMQ_TOO_LARGE);
 
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "eventstore rabbitmq publish",
-								ALLOCSET_SMALL_SIZES);
+	if (es_publish_cxt == NULL)
+		es_publish_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore rabbitmq publish",
+											   ALLOCSET_SMALL_SIZES);
+	cxt = es_publish_cxt;
 	old = MemoryContextSwitchTo(cxt);
 	entries = palloc0(sizeof(amqp_table_entry_t) * Max(msg->nheaders, 1));
 	ok = EsRmqProperties(msg, &props, entries);
@@ -854,7 +870,7 @@ EsRmqSend(EsMessage *msg)
 									1, 0, &props, body);
 	}
 	MemoryContextSwitchTo(old);
-	MemoryContextDelete(cxt);
+	MemoryContextReset(cxt);
 	if (!ok)
 		return EsRmqRefuse(msg, ES_RMQ_NAME_TOO_LONG);
 	if (status != AMQP_STATUS_OK)
