@@ -94,11 +94,12 @@ EsRoutesLoad(void)
 	}
 	es_routes_valid = false;
 	es_routes_relid = get_relname_relid("routes", EsSchemaOid());
-	has_sink = get_attnum(es_routes_relid, "sink") != InvalidAttrNumber;
 
 	/* Take in the invalidations sent so far before the snapshot is taken */
 	AcceptInvalidationMessages();
 	seen = es_routes_invalidations;
+	/* After them: an update that added the column invalidated the table */
+	has_sink = get_attnum(es_routes_relid, "sink") != InvalidAttrNumber;
 	rc = SPI_execute_snapshot(has_sink ?
 							  EsPlan(&plan, "SELECT category, topic, sink FROM eventstore.routes",
 									 0, NULL) :

@@ -91,9 +91,23 @@ EsSinkArgument(FunctionCallInfo fcinfo, int argno)
 	return EsCheckSinkName(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
 }
 
+/* Whether 'p' starts a URL: a scheme (letters, digits, + - .) then "://" */
+static bool
+EsStartsUrl(const char *p)
+{
+	const char *q = p;
+
+	while (isalnum((unsigned char) *q) || *q == '+' || *q == '-' || *q == '.')
+		q++;
+	return q > p && strncmp(q, "://", 3) == 0;
+}
+
 /*
- * A copy of a URL (or of several, separated by commas) with the password
- * of each replaced by "***": scheme://user:***@host...
+ * A copy of a URL, or of several separated by commas (a comma counts as a
+ * separator only before another scheme://), with the secret of each
+ * replaced by "***": the password of user:password@, or the whole user
+ * part when it has no password (a token, as NATS takes it).  The user part
+ * ends at the last '@' before the path: a password may hold '@' and ','.
  */
 char *
 EsScrubUrl(const char *url)
@@ -101,27 +115,41 @@ EsScrubUrl(const char *url)
 	StringInfoData out;
 	const char *p = url;
 
+	/* @file: a file name, not a URL */
+	if (url[0] == '@')
+		return pstrdup(url);
 	initStringInfo(&out);
 	while (*p != '\0')
 	{
-		const char *end = strchr(p, ',');
+		const char *end = p;
 		const char *auth = strstr(p, "://");
-		const char *at;
-		const char *colon;
-		int			len = end ? (int) (end - p) : (int) strlen(p);
+		const char *path;
+		const char *at = NULL;
+		const char *q;
 
-		auth = (auth != NULL && auth < p + len) ? auth + 3 : p;
-		at = memchr(auth, '@', len - (auth - p));
-		colon = at ? memchr(auth, ':', at - auth) : NULL;
-		if (colon != NULL)
+		/* This URL ends at a comma before the next scheme://, or at the end */
+		while (*end != '\0' && !(*end == ',' && EsStartsUrl(end + 1)))
+			end++;
+		auth = (auth != NULL && auth < end) ? auth + 3 : p;
+		path = auth;
+		while (path < end && *path != '/')
+			path++;
+		for (q = auth; q < path; q++)
+			if (*q == '@')
+				at = q;
+		if (at != NULL)
 		{
-			appendBinaryStringInfo(&out, p, colon + 1 - p);
+			const char *colon = memchr(auth, ':', at - auth);
+
+			appendBinaryStringInfo(&out, p, auth - p);
+			if (colon != NULL)
+				appendBinaryStringInfo(&out, auth, colon + 1 - auth);
 			appendStringInfoString(&out, "***");
-			appendBinaryStringInfo(&out, at, len - (at - p));
+			appendBinaryStringInfo(&out, at, end - at);
 		}
 		else
-			appendBinaryStringInfo(&out, p, len);
-		if (end == NULL)
+			appendBinaryStringInfo(&out, p, end - p);
+		if (*end == '\0')
 			break;
 		appendStringInfoChar(&out, ',');
 		p = end + 1;

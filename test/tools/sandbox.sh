@@ -35,7 +35,7 @@ bench_start_mock() {
 # Start a RabbitMQ server; sets $amqp_port and $rabbitmq_url
 bench_start_rabbitmq() {
 	amqp_port=$(test/tools/brokers.sh rabbitmq-start "$work/rabbitmq")
-	rabbitmq_url="amqp://guest:guest@127.0.0.1:$amqp_port/"
+	rabbitmq_url="amqp://guest:guest@127.0.0.1:$amqp_port"
 }
 
 # Start a NATS server with JetStream; sets $nats_port and $nats_url
