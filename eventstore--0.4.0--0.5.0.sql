@@ -2,6 +2,14 @@
 
 -- 0.4.0 -> 0.5.0: RabbitMQ and NATS JetStream sinks (see CHANGELOG.md).
 
+-- The server must run the 0.5.0 library: one that preloaded an older one
+-- before the new one was installed would pair these objects with old code
+-- (restart it first).  An older library lacks this symbol, and the update
+-- stops here with "could not find function".
+CREATE FUNCTION eventstore.library_check() RETURNS void
+LANGUAGE C AS 'MODULE_PATHNAME', 'eventstore_library_0_5';
+DROP FUNCTION eventstore.library_check();
+
 -- Which broker a route, an outbox row and a dead letter go to.
 ALTER TABLE eventstore.routes
 	ADD COLUMN sink text NOT NULL DEFAULT 'kafka' CHECK (sink IN ('kafka', 'rabbitmq', 'nats'));

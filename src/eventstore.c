@@ -156,3 +156,17 @@ _PG_init(void)
 	RegisterResourceReleaseCallback(EsOutboxResourceRelease, NULL);
 	EsRegisterRelay();
 }
+
+PG_FUNCTION_INFO_V1(eventstore_library_0_5);
+
+/*
+ * Found only in a library of 0.5.0 or later: the update script to 0.5.0
+ * declares a function on it, so that an update in a server still running an
+ * older library (preloaded before the new one was installed) fails instead
+ * of pairing the new SQL objects with the old code
+ */
+Datum
+eventstore_library_0_5(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_VOID();
+}

@@ -16,6 +16,14 @@
  * An EsMessage handed to send() stays valid, at the same address, until the
  * sink set it done or was stopped; after stop() returns no answer may reach
  * it any more.
+ *
+ * serve(), failed(), in_flight(), down(), probe() and socket() are called
+ * also while the sink is not running (never started, or stopped): they then
+ * do nothing and answer false, 0 or PGINVALID_SOCKET.  No callback raises
+ * an ERROR once a message left for the broker (send() would then resume at
+ * that message and send it twice): failures are outcomes, logged at LOG.
+ * Calls block the worker, and with it every other sink, for a bounded time
+ * only (a connection attempt, a probe: a second at most).
  */
 #ifndef EVENTSTORE_SINK_H
 #define EVENTSTORE_SINK_H
