@@ -10,6 +10,11 @@ ALTER TABLE eventstore.outbox
 ALTER TABLE eventstore.dead_letters
 	ADD COLUMN sink text NOT NULL DEFAULT 'kafka' CHECK (sink IN ('kafka', 'rabbitmq', 'nats'));
 
+-- When a sink's next retry is due, without walking another sink's retries.
+DROP INDEX eventstore.outbox_next_attempt_idx;
+CREATE INDEX outbox_next_attempt_idx ON eventstore.outbox (sink, next_attempt_at)
+	WHERE next_attempt_at IS NOT NULL;
+
 -- Per sink and topic.  The new column comes last, so the view is replaced
 -- in place and keeps its grants.
 CREATE OR REPLACE VIEW eventstore.outbox_lag AS
@@ -21,12 +26,21 @@ CREATE OR REPLACE VIEW eventstore.outbox_lag AS
 -- publish(), add_route() and replay() take a sink as their last argument,
 -- and relay_status() returns a row per sink: each is made anew (an overload
 -- would make a short call ambiguous), keeping the EXECUTE grants the old
--- one had (with their grant option).
+-- one had: each grant is made again by its grantor (so that revoking a
+-- grant option with CASCADE still takes back what was granted with it),
+-- with its grant option, and the function's initial privileges (what
+-- pg_dump compares with) are put back as a fresh install has them, so that
+-- the grants are dumped as the user's own.
 DO $$
 DECLARE
 	f record;
-	grants text[];
-	g text;
+	grantees text[];
+	grantors text[];
+	options text[];
+	done boolean[];
+	initial pg_catalog.aclitem[];
+	pass integer;
+	i integer;
 BEGIN
 	FOR f IN SELECT * FROM (VALUES
 		('eventstore.publish(text,text,jsonb,jsonb)',
@@ -61,14 +75,18 @@ RETURNS SETOF record
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'eventstore_relay_status'$def$)) AS v(old, new, def)
 	LOOP
-		SELECT pg_catalog.array_agg(pg_catalog.format('%s%s',
-			CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-			ELSE pg_catalog.quote_ident(r.rolname) END,
-			CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END))
-		INTO grants
+		-- The grants, the owner's first (NULL grantor: the owner)
+		SELECT pg_catalog.array_agg(CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+				ELSE pg_catalog.quote_ident(ge.rolname) END ORDER BY a.grantor OPERATOR(pg_catalog.<>) p.proowner),
+			pg_catalog.array_agg(CASE WHEN a.grantor OPERATOR(pg_catalog.<>) p.proowner THEN gr.rolname END
+				ORDER BY a.grantor OPERATOR(pg_catalog.<>) p.proowner),
+			pg_catalog.array_agg(CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+				ORDER BY a.grantor OPERATOR(pg_catalog.<>) p.proowner)
+		INTO grantees, grantors, options
 		FROM pg_catalog.pg_proc p
 		CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) a
-		LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+		LEFT JOIN pg_catalog.pg_roles ge ON ge.oid OPERATOR(pg_catalog.=) a.grantee
+		LEFT JOIN pg_catalog.pg_roles gr ON gr.oid OPERATOR(pg_catalog.=) a.grantor
 		WHERE p.oid OPERATOR(pg_catalog.=) f.old::pg_catalog.regprocedure
 		  AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
 		  AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
@@ -76,9 +94,38 @@ AS 'MODULE_PATHNAME', 'eventstore_relay_status'$def$)) AS v(old, new, def)
 		EXECUTE pg_catalog.format('DROP FUNCTION %s', f.old);
 		EXECUTE f.def;
 		EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.new);
-		FOREACH g IN ARRAY coalesce(grants, '{}') LOOP
-			EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s', f.new, g);
+		SELECT ip.initprivs INTO initial FROM pg_catalog.pg_init_privs ip
+		WHERE ip.objoid OPERATOR(pg_catalog.=) f.new::pg_catalog.regprocedure
+		  AND ip.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+		  AND ip.objsubid OPERATOR(pg_catalog.=) 0;
+
+		-- A grant by another role than the owner is made as that role, once
+		-- it has its grant option again (a chain of grants takes a pass per
+		-- link)
+		grantees := coalesce(grantees, '{}');
+		done := pg_catalog.array_fill(false, ARRAY[pg_catalog.cardinality(grantees)]);
+		FOR pass IN 1 .. pg_catalog.cardinality(grantees) LOOP
+			FOR i IN 1 .. pg_catalog.cardinality(grantees) LOOP
+				CONTINUE WHEN done[i];
+				IF grantors[i] IS NULL THEN
+					EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s',
+						f.new, grantees[i], options[i]);
+					done[i] := true;
+				ELSIF pg_catalog.has_function_privilege(grantors[i], f.new, 'EXECUTE WITH GRANT OPTION') THEN
+					EXECUTE pg_catalog.format('SET LOCAL ROLE %I', grantors[i]);
+					EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s',
+						f.new, grantees[i], options[i]);
+					RESET ROLE;
+					done[i] := true;
+				END IF;
+			END LOOP;
 		END LOOP;
+
+		-- The function's initial privileges are a fresh install's
+		UPDATE pg_catalog.pg_init_privs ip SET initprivs = initial
+		WHERE ip.objoid OPERATOR(pg_catalog.=) f.new::pg_catalog.regprocedure
+		  AND ip.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+		  AND ip.objsubid OPERATOR(pg_catalog.=) 0;
 	END LOOP;
 END
 $$;

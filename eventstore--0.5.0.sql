@@ -223,9 +223,10 @@ CREATE TABLE eventstore.outbox (
 -- The keys that wait for a retry: later messages of such a key wait too.
 CREATE INDEX outbox_retry_key_idx ON eventstore.outbox (message_key, id)
 	WHERE next_attempt_at IS NOT NULL;
--- When the next retry is due: the relay asks after every round that was not
--- a full batch, so it must not scan the table (after a burst, mostly dead rows).
-CREATE INDEX outbox_next_attempt_idx ON eventstore.outbox (next_attempt_at)
+-- When a sink's next retry is due: the relay asks after every round that was
+-- not a full batch, so it must not scan the table (after a burst, mostly dead
+-- rows), nor another sink's retries (its broker may be down).
+CREATE INDEX outbox_next_attempt_idx ON eventstore.outbox (sink, next_attempt_at)
 	WHERE next_attempt_at IS NOT NULL;
 
 -- Messages the relay gave up on, as they were in the outbox.

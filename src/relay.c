@@ -60,8 +60,9 @@
  * ERROR does not end the worker: it recovers as PostgreSQL's own
  * long-lived processes do (sigsetjmp, EmitErrorReport,
  * AbortCurrentTransaction, FlushErrorState), shows state "error" with the
- * message, and tries again after a backoff.  The window survives in
- * memory: what was sent is recorded later, never sent again for that.
+ * message for the sink whose step failed, and that pipeline tries again
+ * after a backoff while the others go on.  The window survives in memory:
+ * what was sent is recorded later, never sent again for that.
  * FATAL (SIGTERM) still ends it; the postmaster starts it again after
  * bgw_restart_time, and all progress is in the tables.
  */
@@ -94,6 +95,8 @@
 #define ES_RELAY_RESTART_SECS 2
 /* The longest acknowledged rows wait before they are recorded */
 #define ES_RECORD_DELAY_MS 10
+/* Failed reads of one row before that row is set aside as a dead letter */
+#define ES_POISON_READS 3
 /* How often to purge the queue again once a delivery timed out */
 #define ES_PURGE_RECHECK_MS 10
 
@@ -183,6 +186,28 @@ typedef struct EsPipe
 
 	/* The sink's settings changed: drain the window, then start it anew */
 	bool		draining;
+
+	/*
+	 * Consecutive steps of this pipeline that failed with an ERROR, and when
+	 * it tries again (0: now); other pipelines go on meanwhile
+	 */
+	int			failed_rounds;
+	TimestampTz retry_at;
+
+	/*
+	 * A read that fails with an ERROR (a row that cannot be read) is
+	 * followed by reads of one row each, for as many rows as it was to
+	 * read ('careful_reads'); a row on which ES_POISON_READS reads of one
+	 * row fail in a row is set aside as a dead letter with the error
+	 * ('read_errors'; the row, looked up after each failure, 'read_error_id';
+	 * the read's start 'read_error_after'; the message 'read_error')
+	 */
+	int			careful_reads;
+	int			read_errors;
+	bool		read_error_looked_up;
+	int64		read_error_id;
+	int64		read_error_after;
+	char		read_error[256];
 } EsPipe;
 
 /* The pipelines of the sinks built in, by sink id (sink NULL: none) */
@@ -193,11 +218,10 @@ static EsPipe *es_current = NULL;
 
 /* A read in progress: deleted if an error interrupts it */
 static MemoryContext es_reading_cxt = NULL;
+/* The rows the read in progress asked for (0: none), and after which id */
+static int	es_reading_limit = 0;
+static int64 es_reading_after = 0;
 static MemoryContext es_relay_cxt = NULL;
-
-/* Consecutive failed steps, and when the next try is due (0: now) */
-static int	es_failed_rounds = 0;
-static TimestampTz es_retry_at = 0;
 
 /* What the relay does, for last_error */
 static const char *es_round_step = "reading the outbox";
@@ -217,7 +241,7 @@ EsRelayExit(int code, Datum arg)
 static void
 EsRelayShowState(EsPipe *p, EsRelayState state)
 {
-	if (es_failed_rounds > 0)
+	if (p->failed_rounds > 0)
 		state = ES_RELAY_ERROR;
 	else if (p->sink->down() &&
 			 (state == ES_RELAY_SENDING || state == ES_RELAY_BACKING_OFF ||
@@ -545,7 +569,7 @@ EsRecordSettled(EsPipe *p)
 				(errmsg("eventstore relay: the outcome of sent messages is dropped: the outbox they were read from no longer exists"),
 				 errdetail("%d messages were acknowledged, %d were to be retried and %d to be dead-lettered.",
 						   o->nsent, o->nretry, o->ndead[0] + o->ndead[1])));
-	es_failed_rounds = 0;
+	p->failed_rounds = 0;
 	EsRelayAccount(p->id, o->nsent, o->nretry, o->ndead[0] + o->ndead[1], o->last_error,
 				   o->latencies, o->nsent);
 	if (o->nsent + o->nretry + o->ndead[0] + o->ndead[1] > 0 && o->all_down)
@@ -607,6 +631,41 @@ EsWindowEmpty(EsPipe *p)
 	return p->window == NIL && p->outcome->nsettled == 0;
 }
 
+/*
+ * After a failed read of one row: which row it was (the count starts again
+ * if another row failed), and once the same row failed ES_POISON_READS
+ * times in a row, set it aside as a dead letter with the error, so that the
+ * sink's other messages go on
+ */
+static void
+EsSetAside(EsPipe *p)
+{
+	int64		id;
+
+	es_round_step = "setting an unreadable message aside";
+	if (!p->read_error_looked_up)
+	{
+		id = EsRelayQuarantine(p->id, p->read_error_after, 0, NULL);
+		if (id != p->read_error_id)
+			p->read_errors = 1;
+		p->read_error_id = id;
+		p->read_error_looked_up = true;
+	}
+	if (p->read_errors < ES_POISON_READS)
+		return;
+	id = EsRelayQuarantine(p->id, p->read_error_after, p->read_error_id, p->read_error);
+	if (id != 0 && id == p->read_error_id)
+	{
+		ereport(LOG,
+				(errmsg("eventstore relay: outbox message " INT64_FORMAT " to %s cannot be read and is a dead letter: %s",
+						id, EsSinkTitle(p->id), p->read_error),
+				 errdetail("Reading it failed %d times in a row.", p->read_errors)));
+		EsRelayAccount(p->id, 0, 0, 1, p->read_error, NULL, 0);
+	}
+	p->read_errors = 0;
+	p->read_wanted = true;
+}
+
 /* Read the next ready rows into the window and send them */
 static void
 EsReadAndSend(EsPipe *p)
@@ -622,14 +681,22 @@ EsReadAndSend(EsPipe *p)
 							es_relay_window_messages - p->window_count - p->outcome->nsettled);
 	int			i;
 
+	if (p->careful_reads > 0)
+		limit = 1;				/* after a failed read: see EsPipe */
 	es_round_step = "reading the outbox";
 	b->cxt = cxt;
 	es_reading_cxt = cxt;
+	es_reading_limit = limit;
+	es_reading_after = p->last_read;
 	b->n = EsRelayFetch(p->id, &outbox, p->last_read, limit, &b->msgs, &wait_ms, &retry_due,
 						&p->retries_pending);
 	es_reading_cxt = NULL;
+	es_reading_limit = 0;
 	MemoryContextSwitchTo(old);
-	es_failed_rounds = 0;
+	p->failed_rounds = 0;
+	p->read_errors = 0;
+	if (p->careful_reads > 0)
+		p->careful_reads = b->n == 0 ? 0 : p->careful_reads - 1;
 	p->read_wanted = b->n == limit;
 	p->read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 	if (retry_due != 0 && (p->revisit_at == 0 || retry_due < p->revisit_at))
@@ -725,17 +792,38 @@ EsRelayRecover(MemoryContext error_cxt)
 	if (es_reading_cxt != NULL)
 		MemoryContextDelete(es_reading_cxt);
 	es_reading_cxt = NULL;
-
-	es_failed_rounds++;
-	es_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											  (int) EsBackoffMs(es_failed_rounds - 1));
-	snprintf(error, sizeof(error), "%s: %s", es_round_step, edata->message);
-	for (i = 0; i < ES_NUM_SINKS; i++)
-		if (es_pipes[i].sink != NULL && (es_current == NULL || es_current == &es_pipes[i]))
+	if (es_reading_limit > 0 && es_current != NULL)
+	{
+		/* A read failed: read one row at a time to find the row (EsPipe) */
+		es_current->careful_reads = Max(es_current->careful_reads, es_reading_limit);
+		if (es_reading_limit == 1)
 		{
-			EsRelayAccount(i, 0, 0, 0, error, NULL, 0);
-			EsRelayShowState(&es_pipes[i], ES_RELAY_ERROR);
+			if (es_current->read_errors > 0 && es_current->read_error_after == es_reading_after)
+				es_current->read_errors++;
+			else
+				es_current->read_errors = 1;
+			es_current->read_error_after = es_reading_after;
+			es_current->read_error_looked_up = false;
+			strlcpy(es_current->read_error, edata->message, sizeof(es_current->read_error));
 		}
+	}
+	es_reading_limit = 0;
+
+	snprintf(error, sizeof(error), "%s: %s", es_round_step, edata->message);
+	/* The pipeline whose step failed backs off (all, if none was running) */
+	for (i = 0; i < ES_NUM_SINKS; i++)
+	{
+		EsPipe	   *p = &es_pipes[i];
+
+		if (p->sink == NULL || (es_current != NULL && es_current != p))
+			continue;
+		p->failed_rounds++;
+		p->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  (int) EsBackoffMs(p->failed_rounds - 1));
+		EsRelayAccount(i, 0, 0, 0, error, NULL, 0);
+		EsRelayShowState(p, ES_RELAY_ERROR);
+	}
+	es_current = NULL;
 	pgstat_report_activity(STATE_IDLE, "eventstore relay: waiting to retry after an error");
 	MemoryContextReset(error_cxt);
 	RESUME_INTERRUPTS();
@@ -871,6 +959,8 @@ EsRelayTurn(EsPipe *p)
 	}
 	if (p->read_at != 0 && now >= p->read_at)
 		p->read_wanted = true;
+	if (p->read_errors > 0)
+		EsSetAside(p);
 	if (p->read_wanted && !p->revisit && !p->draining && EsWindowHasRoom(p) &&
 		EsWindowProduced(p))
 	{
@@ -1049,20 +1139,22 @@ eventstore_relay_main(Datum arg)
 		if (EsRelayTakeRevisit())
 			EsRelayRevisitAll();
 
-		if (es_retry_at != 0 && GetCurrentTimestamp() < es_retry_at)
+		for (i = 0; i < ES_NUM_SINKS; i++)
 		{
-			/* After an error: only serve answers until the backoff passed */
-			for (i = 0; i < ES_NUM_SINKS; i++)
-				if (es_pipes[i].sink != NULL && es_pipes[i].sink->serve())
-					es_pipes[i].revisit = true;
-			wake = es_retry_at;
-		}
-		else
-		{
-			es_retry_at = 0;
-			for (i = 0; i < ES_NUM_SINKS; i++)
-				if (es_pipes[i].sink != NULL)
-					wake = EsEarlier(wake, EsRelayTurn(&es_pipes[i]));
+			EsPipe	   *p = &es_pipes[i];
+
+			if (p->sink == NULL)
+				continue;
+			if (p->retry_at != 0 && GetCurrentTimestamp() < p->retry_at)
+			{
+				/* After an error: only serve answers until the backoff passed */
+				if (p->sink->serve())
+					p->revisit = true;
+				wake = EsEarlier(wake, p->retry_at);
+				continue;
+			}
+			p->retry_at = 0;
+			wake = EsEarlier(wake, EsRelayTurn(p));
 			es_current = NULL;
 		}
 		EsRelaySleep(wake);

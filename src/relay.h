@@ -43,6 +43,7 @@ typedef struct EsOutcome
 extern int	EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msgs,
 						 long *wait_ms, TimestampTz *retry_due, bool *retries);
 extern bool EsRelayRecord(EsOutcome *o, Oid outbox);
+extern int64 EsRelayQuarantine(EsSinkId sink, int64 after, int64 expect, const char *error);
 extern void EsRelayInstallPlannerHook(void);
 
 

@@ -262,6 +262,30 @@ EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
  * found, *wait_ms says how soon to look again (committed rows held back by
  * an open transaction, or no extension).
  */
+/*
+ * The rows of sink $6 ready to be read after id $4 (below the horizon $1,
+ * due, key not waiting for an earlier retry ($5) nor parked ($3)), at most
+ * $2, in id order: what a read takes, and where a quarantine looks
+ */
+#define ES_READY_ROWS \
+	"SELECT * FROM eventstore.outbox o" \
+	" WHERE o.id OPERATOR(pg_catalog.<) $1" \
+	" AND o.id OPERATOR(pg_catalog.>) $4" \
+	" AND o.sink OPERATOR(pg_catalog.=) $6" \
+	" AND (o.next_attempt_at IS NULL" \
+	" OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())" \
+	" AND NOT ($5 AND EXISTS (SELECT FROM eventstore.outbox b" \
+	" WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key" \
+	" AND b.sink OPERATOR(pg_catalog.=) o.sink" \
+	" AND b.id OPERATOR(pg_catalog.<) o.id" \
+	" AND b.next_attempt_at OPERATOR(pg_catalog.>)" \
+	" CASE WHEN $4 OPERATOR(pg_catalog.=) 0 THEN pg_catalog.now()" \
+	" ELSE '-infinity'::pg_catalog.timestamptz END))" \
+	" AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d" \
+	" WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key" \
+	" AND d.sink OPERATOR(pg_catalog.=) o.sink))" \
+	" ORDER BY o.id LIMIT $2"
+
 int
 EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msgs,
 			 long *wait_ms, TimestampTz *retry_due, bool *retries)
@@ -326,23 +350,7 @@ EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msg
 								" o.headers OPERATOR(pg_catalog.?) 'eventstore-original-topic',"
 								" o.created_at, e.event_id, e.event_type, e.stream_id, e.recorded_at,"
 								" e.stream_version, e.global_position, e.metadata"
-								" FROM (SELECT * FROM eventstore.outbox o"
-								" WHERE o.id OPERATOR(pg_catalog.<) $1"
-								" AND o.id OPERATOR(pg_catalog.>) $4"
-								" AND o.sink OPERATOR(pg_catalog.=) $6"
-								" AND (o.next_attempt_at IS NULL"
-								" OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
-								" AND NOT ($5 AND EXISTS (SELECT FROM eventstore.outbox b"
-								" WHERE b.message_key OPERATOR(pg_catalog.=) o.message_key"
-								" AND b.sink OPERATOR(pg_catalog.=) o.sink"
-								" AND b.id OPERATOR(pg_catalog.<) o.id"
-								" AND b.next_attempt_at OPERATOR(pg_catalog.>)"
-								" CASE WHEN $4 OPERATOR(pg_catalog.=) 0 THEN pg_catalog.now()"
-								" ELSE '-infinity'::pg_catalog.timestamptz END))"
-								" AND NOT ($3 AND EXISTS (SELECT FROM eventstore.dead_letters d"
-								" WHERE d.message_key OPERATOR(pg_catalog.=) o.message_key"
-								" AND d.sink OPERATOR(pg_catalog.=) o.sink))"
-								" ORDER BY o.id LIMIT $2) o"
+								" FROM (" ES_READY_ROWS ") o"
 								" LEFT JOIN LATERAL (SELECT * FROM eventstore.events e"
 								" WHERE e.global_position OPERATOR(pg_catalog.=) o.event_position"
 								" LIMIT 1) e ON true"
@@ -564,6 +572,51 @@ EsRelayDeadLetter(Datum *ids, Datum *errors, int n, const char *forward_to)
 					 " ORDER BY m.id",
 					 4, argtypes),
 			  values, NULL, false, SPI_OK_INSERT);
+}
+
+/*
+ * The first row a read of 'sink' after 'after' takes (the one such reads
+ * fail on): its id, 0 if there is none.  With 'error', that row is moved to
+ * eventstore.dead_letters with it, if it is row 'expect'.  In a transaction
+ * of its own.
+ */
+int64
+EsRelayQuarantine(EsSinkId sink, int64 after, int64 expect, const char *error)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[6] = {INT8OID, INT4OID, BOOLOID, INT8OID, BOOLOID, TEXTOID};
+	Datum		values[6];
+	Datum		id;
+	Datum		err;
+	bool		isnull = true;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, "eventstore relay: setting an unreadable message aside");
+	EsLockOutbox(RowExclusiveLock);
+	EsPinPlans();
+	values[0] = Int64GetDatum(EsHorizon(ES_SEQ_OUTBOX));
+	values[1] = Int32GetDatum(1);
+	values[2] = BoolGetDatum(es_on_dead_letter == ES_DEAD_LETTER_PARK);
+	values[3] = Int64GetDatum(after);
+	values[4] = BoolGetDatum(true);
+	values[5] = CStringGetTextDatum(EsSinkName(sink));
+	PushActiveSnapshot(GetTransactionSnapshot());
+	EsSpiExec(EsPlan(&plan, "SELECT o.id FROM (" ES_READY_ROWS ") o", 6, argtypes),
+			  values, NULL, true, SPI_OK_SELECT);
+	id = SPI_processed > 0 ?
+		SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull) : (Datum) 0;
+	if (!isnull && error != NULL && DatumGetInt64(id) == expect)
+	{
+		err = CStringGetTextDatum(error);
+		EsRelayDeadLetter(&id, &err, 1, NULL);
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	return isnull ? 0 : DatumGetInt64(id);
 }
 
 /*

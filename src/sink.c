@@ -18,7 +18,7 @@ StaticAssertDecl(ES_NUM_SINKS == ES_RELAY_SINKS, "shared memory has statistics f
 const EsSinkRoutine *const es_sinks[ES_NUM_SINKS] = {
 	[ES_SINK_KAFKA] = &EsKafkaSink,
 	[ES_SINK_RABBITMQ] = &EsRabbitMQSink,
-	[ES_SINK_NATS] = NULL,
+	[ES_SINK_NATS] = &EsNatsSink,
 };
 
 /* The names a user gives, by id (also for sinks not built in) */
