@@ -387,6 +387,12 @@ EsRmqStart(void)
 				 errhint("The URL is amqp://user:password@host:port/vhost or amqps://...")));
 		return false;
 	}
+	/*
+	 * "amqp://host/" names the vhost "" by the AMQP URI spec, which no
+	 * broker has: take it, like a URL without a path, as the default "/"
+	 */
+	if (es_info.vhost[0] == '\0')
+		es_info.vhost = "/";
 	EsRmqWakePipeOpen();
 	es_started_setting = MemoryContextStrdup(TopMemoryContext, es_rabbitmq_url);
 	es_started = true;

@@ -147,8 +147,9 @@ like($m->{headers}{cloudEvents_source} // '', qr{^/eventstore/}, 'cloudEvents_so
 ok(defined $m->{headers}{cloudEvents_time}, 'cloudEvents_time');
 is(scalar(grep { /^ce_/ || $_ eq 'content-type' } keys %{ $m->{headers} }), 0,
 	'no Kafka binding header names left');
-is(sql(q{SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'rabbitmq'}),
-	'20000', 'relay_status() counts the deliveries of the rabbitmq sink');
+is(sql(q{SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'rabbitmq'}), '20000',
+	'relay_status() counts the deliveries of the rabbitmq sink')
+  or diag(sql(q{SELECT * FROM eventstore.relay_status()}));
 
 # 2. The broker stopped under load, then started
 append_round(20);
@@ -184,6 +185,25 @@ my $after = amqp_consume('--exchange', 'rq-events', '--queue', 'rq-all', '--coun
 is(join(',', sort map { "$_->{routing_key}:" . decode_json($_->{body})->{step} } @$after),
 	'other-key:3,same-key:2', 'the next message of its key, and another key, were delivered');
 sql(q{SELECT eventstore.discard_dead_letters(array_agg(id)) FROM eventstore.dead_letters});
+
+# 3b. A missing exchange (the broker closes the channel): retried, not
+# dead-lettered, and delivered once the exchange exists
+sql(q{SELECT eventstore.publish('rq-later', 'late-key', '{"step": 4}', NULL, 'rabbitmq')});
+ok($node->poll_query_until('postgres', q{
+	SELECT attempts > 0 AND last_error LIKE 'NOT_FOUND%' FROM eventstore.outbox
+	WHERE topic = 'rq-later'}), 'a missing exchange is a retriable NOT_FOUND');
+# The exchange and its binding appear together for the relay: the sink is
+# off meanwhile (else a retry between the two would be unroutable)
+sql(q{ALTER SYSTEM SET eventstore.rabbitmq_url = ''; SELECT pg_reload_conf()});
+$node->poll_query_until('postgres', q{
+	SELECT state = 'disabled' FROM eventstore.relay_status() WHERE sink = 'rabbitmq'});
+amqp_consume('--exchange', 'rq-later', '--queue', 'rq-later-q', '--setup-only');
+sql(q{ALTER SYSTEM RESET eventstore.rabbitmq_url; SELECT pg_reload_conf()});
+ok(wait_drained($node), 'delivered once the exchange exists');
+is(sql(q{SELECT count(*) FROM eventstore.dead_letters}), '0', 'and not dead-lettered');
+$after = amqp_consume('--exchange', 'rq-later', '--queue', 'rq-later-q', '--count', 1,
+	'--timeout', 30);
+is(scalar @$after, 1, 'the message arrived');
 
 # 4. PostgreSQL stopped with -m immediate mid-relay
 append_round(50);
