@@ -19,6 +19,7 @@ char	   *es_kafka_config = NULL;
 char	   *es_rabbitmq_url = NULL;
 char	   *es_nats_url = NULL;
 char	   *es_nats_credentials = NULL;
+int			es_rabbitmq_unroutable = ES_UNROUTABLE_DEAD_LETTER;
 char	   *es_database = NULL;
 char	   *es_cloudevents_source = NULL;
 char	   *es_dead_letter_topic = NULL;
@@ -31,6 +32,12 @@ int			es_on_dead_letter = ES_DEAD_LETTER_CONTINUE;
 int			es_relay_idle_interval = 5000;
 int			es_relay_window_messages = 10000;
 int			es_relay_window_memory = 65536;	/* kB */
+
+static const struct config_enum_entry es_rabbitmq_unroutable_options[] = {
+	{"dead_letter", ES_UNROUTABLE_DEAD_LETTER, false},
+	{"retry", ES_UNROUTABLE_RETRY, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry es_on_dead_letter_options[] = {
 	{"continue", ES_DEAD_LETTER_CONTINUE, false},
@@ -69,6 +76,11 @@ EsDefineSettings(void)
 							   "Visible to superusers only. Put a URL with a password in a file: a reload logs a changed setting's value.",
 							   &es_rabbitmq_url, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomEnumVariable("eventstore.rabbitmq_unroutable",
+							 "What an unroutable RabbitMQ message (returned: no queue bound for its routing key) is: a dead_letter at once, or a retriable error (retry) until a queue is bound or max_attempts.",
+							 NULL, &es_rabbitmq_unroutable, ES_UNROUTABLE_DEAD_LETTER,
+							 es_rabbitmq_unroutable_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstore.nats_url",
 							   "NATS servers the relay publishes to through JetStream (nats:// URLs separated by commas, or @file holding them); empty turns that sink off.",
 							   "Visible to superusers only. Put a URL with a password in a file: a reload logs a changed setting's value.",

@@ -77,6 +77,7 @@ extern char *es_kafka_config;
 extern char *es_rabbitmq_url;
 extern char *es_nats_url;
 extern char *es_nats_credentials;
+extern int	es_rabbitmq_unroutable;
 extern char *es_database;
 extern char *es_cloudevents_source;
 extern char *es_dead_letter_topic;
@@ -89,6 +90,10 @@ extern int	es_on_dead_letter;
 extern int	es_relay_idle_interval;
 extern int	es_relay_window_messages;
 extern int	es_relay_window_memory;
+
+/* eventstore.rabbitmq_unroutable */
+#define ES_UNROUTABLE_DEAD_LETTER 0
+#define ES_UNROUTABLE_RETRY 1
 
 /* eventstore.on_dead_letter */
 #define ES_DEAD_LETTER_CONTINUE 0

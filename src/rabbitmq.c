@@ -899,8 +899,9 @@ EsRmqSend(EsMessage *msg)
 static bool
 EsRmqIsPermanent(int err)
 {
-	return err == ES_RMQ_NO_ROUTE || err == ES_RMQ_NAME_TOO_LONG ||
-		err == ES_RMQ_TOO_LARGE;
+	if (err == ES_RMQ_NO_ROUTE)
+		return es_rabbitmq_unroutable == ES_UNROUTABLE_DEAD_LETTER;
+	return err == ES_RMQ_NAME_TOO_LONG || err == ES_RMQ_TOO_LARGE;
 }
 
 /* Whether an error says the broker cannot be reached */

@@ -5,7 +5,9 @@
 #  2. the broker stopped for several seconds under load, then started:
 #     nothing lost, first copies in order, the relay worker did not restart;
 #  3. an unroutable message (mandatory, basic.return) is dead-lettered at
-#     once with NO_ROUTE while the next message of its key is delivered;
+#     once with NO_ROUTE while the next message of its key is delivered (or,
+#     with rabbitmq_unroutable = retry, retried until a queue is bound); a
+#     missing exchange is retried;
 #  4. PostgreSQL stopped with -m immediate mid-relay: every committed event
 #     arrives after the restart.
 use strict;
@@ -52,7 +54,7 @@ amqp_consume('--exchange', 'rq-void', '--queue', 'rq-void-q', '--bind', 'never.m
 	'--setup-only');
 
 my $node = relay_node('rabbitmq', '', qq(
-eventstore.rabbitmq_url = 'amqp://guest:guest\@127.0.0.1:$port/'
+eventstore.rabbitmq_url = 'amqp://guest:guest\@127.0.0.1:$port'
 eventstore.delivery_timeout = '2s'
 eventstore.max_attempts = 1000
 eventstore.retry_backoff_max = '500ms'
@@ -204,6 +206,29 @@ is(sql(q{SELECT count(*) FROM eventstore.dead_letters}), '0', 'and not dead-lett
 $after = amqp_consume('--exchange', 'rq-later', '--queue', 'rq-later-q', '--count', 1,
 	'--timeout', 30);
 is(scalar @$after, 1, 'the message arrived');
+
+# 3c. With rabbitmq_unroutable = retry, an unroutable message is retried
+# (its key waits) and delivered once a queue is bound
+sql(q{ALTER SYSTEM SET eventstore.rabbitmq_unroutable = 'retry'; SELECT pg_reload_conf()});
+sql(q{
+	SELECT eventstore.publish('rq-unbound', 'wait-key', '{"step": 5}', NULL, 'rabbitmq');
+	SELECT eventstore.publish('rq-unbound', 'wait-key', '{"step": 6}', NULL, 'rabbitmq');
+});
+amqp_consume('--exchange', 'rq-unbound', '--queue', 'rq-unbound-q', '--bind', 'never.matches',
+	'--setup-only');
+ok($node->poll_query_until('postgres', q{
+	SELECT attempts > 1 AND last_error LIKE 'NO_ROUTE%' FROM eventstore.outbox
+	WHERE topic = 'rq-unbound' ORDER BY id LIMIT 1}),
+	'with rabbitmq_unroutable = retry, an unroutable message is retried');
+is(sql(q{SELECT count(*) FROM eventstore.dead_letters}), '0', 'and not dead-lettered');
+amqp_consume('--exchange', 'rq-unbound', '--queue', 'rq-unbound-q', '--bind', 'wait-key',
+	'--setup-only');
+ok(wait_drained($node), 'delivered once a queue is bound');
+$after = amqp_consume('--exchange', 'rq-unbound', '--queue', 'rq-unbound-q', '--count', 2,
+	'--timeout', 30);
+is(join(',', map { decode_json($_->{body})->{step} } @$after), '5,6',
+	"the key's messages arrived, in order");
+sql(q{ALTER SYSTEM RESET eventstore.rabbitmq_unroutable; SELECT pg_reload_conf()});
 
 # 4. PostgreSQL stopped with -m immediate mid-relay
 append_round(50);
