@@ -136,43 +136,6 @@ static char *es_started_url = NULL;
 static char *es_started_credentials = NULL;
 static char *es_url = NULL;
 
-/*
- * A copy of a list of URLs with every secret replaced by "***": the
- * password of user:password@, and a token (user info without a colon)
- */
-static char *
-EsNatsScrub(const char *urls)
-{
-	StringInfoData out;
-	const char *p = urls;
-
-	initStringInfo(&out);
-	for (;;)
-	{
-		const char *end = strchr(p, ',');
-		int			len = end ? (int) (end - p) : (int) strlen(p);
-		const char *scheme = strstr(p, "://");
-		const char *auth = (scheme != NULL && scheme < p + len) ? scheme + 3 : p;
-		const char *at = memchr(auth, '@', len - (auth - p));
-
-		if (at == NULL)
-			appendBinaryStringInfo(&out, p, len);
-		else
-		{
-			const char *colon = memchr(auth, ':', at - auth);
-
-			appendBinaryStringInfo(&out, p, (colon ? colon + 1 : auth) - p);
-			appendStringInfoString(&out, "***");
-			appendBinaryStringInfo(&out, at, len - (at - p));
-		}
-		if (end == NULL)
-			break;
-		appendStringInfoChar(&out, ',');
-		p = end + 1;
-	}
-	return out.data;
-}
-
 /* Whether eventstore.nats_url is set */
 static bool
 EsNatsConfigured(void)
@@ -446,7 +409,7 @@ EsNatsConnect(void)
 		es_down = true;
 		if (s != es_last_connect_error)
 		{
-			char	   *scrubbed = EsNatsScrub(es_url);
+			char	   *scrubbed = EsScrubUrl(es_url);
 
 			ereport(LOG,
 					(errmsg("eventstore relay: could not connect to NATS at %s: %s",
@@ -458,7 +421,7 @@ EsNatsConnect(void)
 	}
 	if (es_last_connect_error != NATS_OK || es_down)
 	{
-		char	   *scrubbed = EsNatsScrub(es_url);
+		char	   *scrubbed = EsScrubUrl(es_url);
 
 		ereport(LOG,
 				(errmsg("eventstore relay: connected to NATS at %s", scrubbed)));
@@ -644,7 +607,7 @@ EsNatsFailed(void)
 	pthread_mutex_unlock(&es_mutex);
 	if (lost && !es_lost_logged)
 	{
-		char	   *scrubbed = EsNatsScrub(es_url);
+		char	   *scrubbed = EsScrubUrl(es_url);
 
 		ereport(LOG,
 				(errmsg("eventstore relay: lost the connection to NATS at %s", scrubbed)));
