@@ -38,7 +38,7 @@
  * extension is created again, so they would not identify a message.
  *
  * Secrets: eventstore.nats_url may carry a user and password or a token;
- * only scrubbed URLs (EsNatsScrub) are ever logged.
+ * only scrubbed URLs (EsScrubUrl, sink.c) are ever logged.
  */
 #include "postgres.h"
 
