@@ -103,7 +103,7 @@ bench_relay() {
 	local want="state = 'disabled'"
 	[ -n "$1" ] && want="state <> 'disabled'"
 	for _ in $(seq 100); do
-		[ "$(bench_value "SELECT $want FROM eventstore.relay_status()")" = t ] && return 0
+		[ "$(bench_value "SELECT $want FROM eventstore.relay_status() WHERE sink = 'kafka'")" = t ] && return 0
 		sleep 0.1
 	done
 	echo "bench: the relay did not follow eventstore.kafka_brokers = '$1'" >&2
