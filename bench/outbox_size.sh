@@ -29,7 +29,7 @@ while kill -0 $load 2>/dev/null || [ "$(bench_psql -Atc 'SELECT count(*) FROM ev
 done
 wait $load
 end=$(date +%s)
-sent=$(bench_psql -Atc 'SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'kafka'')
+sent=$(bench_psql -Atc "SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'kafka'")
 final=$(bench_psql -Atc "SELECT pg_size_pretty(pg_total_relation_size('eventstore.outbox'))")
 vacuums=$(bench_psql -Atc "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = 'eventstore.outbox'::regclass")
 echo "relayed $sent messages in $((end - start)) s (appended by 8 clients)"

@@ -13,7 +13,7 @@ bench_sustained() {
 SELECT eventstore.append('sus-' || :client_id || '-' || random(), 0,
 	'{"type": "Placed", "data": {"total": 30, "currency": "EUR", "note": "a sustained-load event"}}');
 SQL
-	sent0=$(bench_value 'SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'kafka'')
+	sent0=$(bench_value "SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'kafka'")
 	bench_pgbench -n -M prepared -c 8 -j 2 -T "$secs" -f "$work/sus.sql" > "$work/sus.out" 2>&1 &
 	load=$!
 	: > "$work/backlog"
@@ -27,7 +27,7 @@ SQL
 	drain_start=$(date +%s.%N)
 	bench_wait_drained 300
 	drain_end=$(date +%s.%N)
-	sent1=$(bench_value 'SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'kafka'')
+	sent1=$(bench_value "SELECT sent_total FROM eventstore.relay_status() WHERE sink = 'kafka'")
 	tps=$(bench_tps_of < "$work/sus.out")
 
 	half=$(( $(wc -l < "$work/backlog") / 2 ))
