@@ -104,6 +104,7 @@ extern void EsCheckTopic(const char *topic);
 extern void EsRouteEvents(text *stream_id, const char *category,
 						  Datum *positions, int npositions);
 extern void EsWakeRelayAtCommit(bool revisit);
+extern void EsWakeRelayForSink(int sink);
 extern void EsOutboxEnqueuing(void);
 extern void EsOutboxXactCallback(XactEvent event, void *arg);
 extern void EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
@@ -185,7 +186,8 @@ typedef struct EsRelayStats
 /* shmem.c */
 extern void EsShmemInit(void);
 extern void EsSetRelayLatch(Latch *latch);
-extern void EsWakeRelay(bool revisit);
+extern void EsWakeRelay(bool revisit, uint32 sinks);
+extern uint32 EsRelayTakeSinks(void);
 extern bool EsRelayTakeRevisit(void);
 extern void EsRelaySetInFlight(int sink, int in_flight);
 extern void EsNoteOutboxCommit(int64 bound);

@@ -46,6 +46,9 @@ static bool es_wake_at_end = false;
 /* Set when it made outbox rows the relay passed ready again: see EsWakeRelay() */
 static bool es_revisit_at_end = false;
 
+/* The sinks (bits 1 << sink) it enqueued rows for; 0: unknown, every sink */
+static uint32 es_wake_sinks = 0;
+
 /* Set when it enqueued outbox rows: note its commit for the relay's latencies */
 static bool es_enqueued = false;
 
@@ -115,6 +118,19 @@ EsWakeRelayAtCommit(bool revisit)
 {
 	es_wake_at_end = true;
 	es_revisit_at_end = es_revisit_at_end || revisit;
+}
+
+/*
+ * As EsWakeRelayAtCommit(false), for rows enqueued for 'sink': the relay
+ * then reads only that sink's rows (and those of sinks with rows held back
+ * by the horizon), not every sink's
+ */
+void
+EsWakeRelayForSink(int sink)
+{
+	EsWakeRelayAtCommit(false);
+	if (sink >= 0 && sink < 32)
+		es_wake_sinks |= (uint32) 1 << sink;
 }
 
 /*
@@ -191,6 +207,7 @@ EsOutboxXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			es_wake_at_end = false;
 			es_revisit_at_end = false;
+			es_wake_sinks = 0;
 			es_wake_pollers = false;
 			es_enqueued = false;
 			break;
@@ -221,8 +238,9 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 	if (es_wake_at_end)
 	{
 		es_wake_at_end = false;
-		EsWakeRelay(es_revisit_at_end);
+		EsWakeRelay(es_revisit_at_end, es_wake_sinks);
 		es_revisit_at_end = false;
+		es_wake_sinks = 0;
 	}
 }
 
@@ -344,7 +362,7 @@ EsRouteEvents(text *stream_id, const char *category, Datum *positions,
 						 " ORDER BY p.o",
 						 4, enqueue_types),
 				  values, NULL, false, SPI_OK_INSERT);
-	EsWakeRelayAtCommit(false);
+	EsWakeRelayForSink(EsSinkByName(sink));
 }
 
 PG_FUNCTION_INFO_V1(eventstore_publish);
@@ -407,7 +425,7 @@ eventstore_publish(PG_FUNCTION_ARGS)
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	EsRestoreUser(&saved);
 	SPI_finish();
-	EsWakeRelayAtCommit(false);
+	EsWakeRelayForSink(sink);
 	PG_RETURN_INT64(id);
 }
 
@@ -496,6 +514,6 @@ eventstore_replay(PG_FUNCTION_ARGS)
 	EsRestoreUser(&saved);
 	SPI_finish();
 	if (n > 0)
-		EsWakeRelayAtCommit(false);
+		EsWakeRelayForSink(sink);
 	PG_RETURN_INT64((int64) n);
 }

@@ -50,10 +50,13 @@
  * its window drain, and reads from the first id again.
  *
  * Waking.  The worker sleeps on its latch and on each sink's socket (for
- * Kafka, librdkafka's report pipe) together.  A transaction that took the outbox horizon sets the latch once
- * it ended and released its locks (outbox.c); committed rows held back by
- * an open transaction are looked at again after 50 ms; a timer
- * (eventstore.relay_idle_interval) covers anything missed.
+ * Kafka, librdkafka's report pipe) together.  A transaction that took the
+ * outbox horizon sets the latch once it ended and released its locks
+ * (outbox.c), with the sinks it enqueued for in shared memory: those
+ * pipelines read, and any whose last read found rows held back by an open
+ * transaction (which that end may have released); held-back rows are also
+ * looked at again after 50 ms; a timer (eventstore.relay_idle_interval)
+ * covers anything missed.
  *
  * Errors: the worker runs with session settings of its own (a read-only
  * default or tiny timeouts of the database or role must not stop it).  An
@@ -183,6 +186,8 @@ typedef struct EsPipe
 	/* Whether to read the outbox now, and when at the latest */
 	bool		read_wanted;
 	TimestampTz read_at;
+	/* The last read found committed rows held back by an open transaction */
+	bool		held_back;
 
 	/* The sink's settings changed: drain the window, then start it anew */
 	bool		draining;
@@ -699,6 +704,7 @@ EsReadAndSend(EsPipe *p)
 		p->careful_reads = b->n == 0 ? 0 : p->careful_reads - 1;
 	p->read_wanted = b->n == limit;
 	p->read_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+	p->held_back = b->n < limit && wait_ms == ES_HELD_BACK_RECHECK_MS;
 	if (retry_due != 0 && (p->revisit_at == 0 || retry_due < p->revisit_at))
 		p->revisit_at = retry_due;
 
@@ -995,6 +1001,22 @@ EsRelayTurn(EsPipe *p)
 }
 
 /*
+ * The latch was set: a transaction that enqueued ended.  The pipelines of
+ * the sinks it enqueued for read, and those whose rows were held back by
+ * the horizon (any transaction's end may have released them).
+ */
+static void
+EsRelayWoken(void)
+{
+	uint32		sinks = EsRelayTakeSinks();
+	int			i;
+
+	for (i = 0; i < ES_NUM_SINKS; i++)
+		if ((sinks & ((uint32) 1 << i)) != 0 || es_pipes[i].held_back)
+			es_pipes[i].read_wanted = true;
+}
+
+/*
  * Sleep until the latch is set, a sink's answers arrive, or 'wake' (0: no
  * limit).  Table statistics are reported first, as PostgresMain does
  * between queries: the outbox's autovacuum depends on the relay's deletes
@@ -1036,11 +1058,8 @@ EsRelaySleep(TimestampTz wake)
 	for (i = 0; i < nevents; i++)
 		if (events[i].events & WL_LATCH_SET)
 		{
-			int			j;
-
 			ResetLatch(MyLatch);
-			for (j = 0; j < ES_NUM_SINKS; j++)
-				es_pipes[j].read_wanted = true;
+			EsRelayWoken();
 		}
 }
 

@@ -14,6 +14,9 @@
 #include "eventstore.h"
 #include "sink.h"
 
+/* How soon to look again when committed rows wait behind an open transaction */
+#define ES_HELD_BACK_RECHECK_MS 50
+
 /*
  * What settled messages did, to be recorded in the outbox in one
  * transaction (arrays grow as messages settle)

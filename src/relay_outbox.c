@@ -36,8 +36,6 @@
 #include "eventstore.h"
 #include "relay.h"
 
-/* How soon to look again when committed rows wait behind an open transaction */
-#define ES_HELD_BACK_RECHECK_MS 50
 /* How long to wait for CREATE EXTENSION in eventstore.database */
 #define ES_NO_EXTENSION_MS 10000
 

@@ -43,6 +43,7 @@ typedef struct EsShared
 	slock_t		mutex;
 	Latch	   *relay_latch;	/* the relay's latch, NULL while none runs */
 	bool		relay_revisit;	/* rows it passed may be ready: look again */
+	uint32		relay_sinks;	/* bits (1 << sink) of the sinks committed rows are for */
 	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
 	ConditionVariable events_cv;	/* broadcast when appends end */
 	uint64		commits_written;	/* marks written since startup */
@@ -86,6 +87,7 @@ EsShmemStartup(void)
 		SpinLockInit(&es_shared->mutex);
 		es_shared->relay_latch = NULL;
 		es_shared->relay_revisit = false;
+		es_shared->relay_sinks = 0;
 		es_shared->commits_written = 0;
 		memset(es_shared->stats, 0, sizeof(es_shared->stats));
 		ConditionVariableInit(&es_shared->events_cv);
@@ -144,6 +146,21 @@ EsRelayTakeRevisit(void)
 	es_shared->relay_revisit = false;
 	SpinLockRelease(&es_shared->mutex);
 	return revisit;
+}
+
+/* The sinks the relay was woken for since the last call (and clear them) */
+uint32
+EsRelayTakeSinks(void)
+{
+	uint32		sinks;
+
+	if (es_shared == NULL)
+		return 0;
+	SpinLockAcquire(&es_shared->mutex);
+	sinks = es_shared->relay_sinks;
+	es_shared->relay_sinks = 0;
+	SpinLockRelease(&es_shared->mutex);
+	return sinks;
 }
 
 /* How many messages the relay has in flight to a sink, for relay_status() */
@@ -277,13 +294,14 @@ EsRelayStatsCopy(int sink, EsRelayStats *copy)
 }
 
 /*
- * Wake the relay worker if one runs; with 'revisit', it also reads again
- * outbox rows it has passed (dead letters of a parked key were requeued or
- * discarded).  Called from a commit callback: it must not raise an error,
- * and SetLatch() does not.
+ * Wake the relay worker if one runs, for the sinks of 'sinks' (bits 1 <<
+ * sink; 0: every sink); with 'revisit', it also reads again outbox rows it
+ * has passed (dead letters of a parked key were requeued or discarded).
+ * Called from a commit callback: it must not raise an error, and SetLatch()
+ * does not.
  */
 void
-EsWakeRelay(bool revisit)
+EsWakeRelay(bool revisit, uint32 sinks)
 {
 	Latch	   *latch;
 
@@ -293,6 +311,7 @@ EsWakeRelay(bool revisit)
 	latch = es_shared->relay_latch;
 	if (revisit)
 		es_shared->relay_revisit = true;
+	es_shared->relay_sinks |= sinks != 0 ? sinks : ~(uint32) 0;
 	SpinLockRelease(&es_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);

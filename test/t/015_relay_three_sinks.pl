@@ -37,6 +37,7 @@ tool("$tools/nats_tool", '--port', $nats_port, 'stream-add', 'THREE', 'three-n.>
 
 my $node = relay_node('three', $mock->{bootstrap}, qq(
 eventstore.rabbitmq_url = 'amqp://guest:guest\@127.0.0.1:$amqp_port'
+eventstore.relay_idle_interval = '1h'
 eventstore.nats_url = 'nats://127.0.0.1:$nats_port'
 eventstore.delivery_timeout = '2s'
 eventstore.max_attempts = 1000
