@@ -307,40 +307,6 @@ EsNatsInitShared(void)
 }
 
 /*
- * Read a setting that may be "@/path/file" (its trimmed content); NULL,
- * logged, if the file cannot be read
- */
-static char *
-EsNatsReadSetting(const char *value, const char *what)
-{
-	FILE	   *file;
-	StringInfoData buf;
-	char		line[1024];
-	int			len;
-
-	if (value[0] != '@')
-		return pstrdup(value);
-	file = AllocateFile(value + 1, "r");
-	if (file == NULL)
-	{
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("eventstore relay: could not open the file of %s \"%s\": %m",
-						what, value + 1)));
-		return NULL;
-	}
-	initStringInfo(&buf);
-	while (fgets(line, sizeof(line), file) != NULL)
-		appendStringInfoString(&buf, line);
-	FreeFile(file);
-	len = buf.len;
-	while (len > 0 && strchr(" \t\r\n", buf.data[len - 1]) != NULL)
-		buf.data[--len] = '\0';
-	len = strspn(buf.data, " \t\r\n");
-	return pstrdup(buf.data + len);
-}
-
-/*
  * Connect, bounded by ES_NATS_CONNECT_TIMEOUT_MS; on failure log the
  * error once (until it changes) and note the server down
  */
@@ -473,7 +439,7 @@ EsNatsStart(void)
 	Assert(!es_running);
 	if (!EsNatsInitShared())
 		return false;
-	url = EsNatsReadSetting(es_nats_url, "eventstore.nats_url");
+	url = EsReadSettingFile(es_nats_url, "eventstore.nats_url");
 	if (url == NULL)
 		return false;
 	if (url[0] == '\0')

@@ -304,36 +304,6 @@ EsRmqSettingsChanged(void)
 	return es_started && strcmp(es_started_setting, es_rabbitmq_url) != 0;
 }
 
-/* The URL of the setting: itself, or the trimmed contents of "@/path/file" */
-static char *
-EsRmqReadUrl(const char *setting)
-{
-	FILE	   *file;
-	StringInfoData buf;
-	char		chunk[1024];
-	size_t		n;
-
-	if (setting[0] != '@')
-		return pstrdup(setting);
-	file = AllocateFile(setting + 1, "r");
-	if (file == NULL)
-	{
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("eventstore relay: could not open the RabbitMQ URL file \"%s\": %m",
-						setting + 1)));
-		return NULL;
-	}
-	initStringInfo(&buf);
-	while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
-		appendBinaryStringInfo(&buf, chunk, n);
-	FreeFile(file);
-	while (buf.len > 0 && isspace((unsigned char) buf.data[buf.len - 1]))
-		buf.data[--buf.len] = '\0';
-	n = strspn(buf.data, " \t\r\n");
-	return pstrdup(buf.data + n);
-}
-
 /* Open the always-readable wake pipe (once) */
 static void
 EsRmqWakePipeOpen(void)
@@ -366,7 +336,7 @@ EsRmqStart(void)
 	int			status;
 
 	Assert(!es_started);
-	url = EsRmqReadUrl(es_rabbitmq_url);
+	url = EsReadSettingFile(es_rabbitmq_url, "eventstore.rabbitmq_url");
 	if (url == NULL)
 		return false;
 	old = MemoryContextSwitchTo(TopMemoryContext);

@@ -8,6 +8,7 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "storage/fd.h"
 #include "utils/builtins.h"
 
 #include "sink.h"
@@ -91,68 +92,68 @@ EsSinkArgument(FunctionCallInfo fcinfo, int argno)
 	return EsCheckSinkName(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
 }
 
-/* Whether 'p' starts a URL: a scheme (letters, digits, + - .) then "://" */
-static bool
-EsStartsUrl(const char *p)
-{
-	const char *q = p;
-
-	while (isalnum((unsigned char) *q) || *q == '+' || *q == '-' || *q == '.')
-		q++;
-	return q > p && strncmp(q, "://", 3) == 0;
-}
-
 /*
- * A copy of a URL, or of several separated by commas (a comma counts as a
- * separator only before another scheme://), with the secret of each
- * replaced by "***": the password of user:password@, or the whole user
- * part when it has no password (a token, as NATS takes it).  The user part
- * ends at the last '@' before the path: a password may hold '@' and ','.
+ * A copy of a URL, or of a list of URLs, fit for the log: everything
+ * between the first "://" and the last '@' (user names, passwords, tokens,
+ * whatever characters they hold) replaced by "***".  An "@/path/file"
+ * setting, a file name, is kept.
  */
 char *
 EsScrubUrl(const char *url)
 {
-	StringInfoData out;
-	const char *p = url;
+	const char *at = strrchr(url, '@');
+	const char *start;
 
-	/* @file: a file name, not a URL */
-	if (url[0] == '@')
+	if (url[0] == '@' || at == NULL)
 		return pstrdup(url);
-	initStringInfo(&out);
-	while (*p != '\0')
+	start = strstr(url, "://");
+	start = (start != NULL && start < at) ? start + 3 : url;
+	return psprintf("%.*s***%s", (int) (start - url), url, at);
+}
+
+/* The largest file an "@/path/file" setting may name */
+#define ES_SETTING_FILE_MAX (64 * 1024)
+
+/*
+ * A setting that may be "@/path/file": itself, or the file's content,
+ * trimmed; NULL, logged ('what' names the setting), if the file cannot be
+ * read, is larger than 64 kB or holds a NUL byte
+ */
+char *
+EsReadSettingFile(const char *setting, const char *what)
+{
+	FILE	   *file;
+	StringInfoData buf;
+	char		chunk[1024];
+	size_t		n;
+	int			start;
+
+	if (setting[0] != '@')
+		return pstrdup(setting);
+	file = AllocateFile(setting + 1, "r");
+	if (file == NULL)
 	{
-		const char *end = p;
-		const char *auth = strstr(p, "://");
-		const char *path;
-		const char *at = NULL;
-		const char *q;
-
-		/* This URL ends at a comma before the next scheme://, or at the end */
-		while (*end != '\0' && !(*end == ',' && EsStartsUrl(end + 1)))
-			end++;
-		auth = (auth != NULL && auth < end) ? auth + 3 : p;
-		path = auth;
-		while (path < end && *path != '/')
-			path++;
-		for (q = auth; q < path; q++)
-			if (*q == '@')
-				at = q;
-		if (at != NULL)
-		{
-			const char *colon = memchr(auth, ':', at - auth);
-
-			appendBinaryStringInfo(&out, p, auth - p);
-			if (colon != NULL)
-				appendBinaryStringInfo(&out, auth, colon + 1 - auth);
-			appendStringInfoString(&out, "***");
-			appendBinaryStringInfo(&out, at, end - at);
-		}
-		else
-			appendBinaryStringInfo(&out, p, end - p);
-		if (*end == '\0')
-			break;
-		appendStringInfoChar(&out, ',');
-		p = end + 1;
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("eventstore relay: could not open the file of %s \"%s\": %m",
+						what, setting + 1)));
+		return NULL;
 	}
-	return out.data;
+	initStringInfo(&buf);
+	while (buf.len <= ES_SETTING_FILE_MAX &&
+		   (n = fread(chunk, 1, sizeof(chunk), file)) > 0)
+		appendBinaryStringInfo(&buf, chunk, n);
+	FreeFile(file);
+	if (buf.len > ES_SETTING_FILE_MAX || strlen(buf.data) != (size_t) buf.len)
+	{
+		ereport(LOG,
+				(errmsg("eventstore relay: the file of %s \"%s\" is not a text of at most 64 kB",
+						what, setting + 1)));
+		pfree(buf.data);
+		return NULL;
+	}
+	while (buf.len > 0 && strchr(" \t\r\n", buf.data[buf.len - 1]) != NULL)
+		buf.data[--buf.len] = '\0';
+	start = strspn(buf.data, " \t\r\n");
+	return pstrdup(buf.data + start);
 }

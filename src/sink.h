@@ -144,7 +144,9 @@ extern EsSinkId EsCheckSinkName(const char *name);
 /* The sink argument of publish() and replay() (sink.c) */
 extern EsSinkId EsSinkArgument(FunctionCallInfo fcinfo, int argno);
 
-/* A secret-free copy of a URL: the password part replaced by "***" (sink.c) */
+/* A secret-free copy of a URL or a list of them, for the log (sink.c) */
 extern char *EsScrubUrl(const char *url);
+/* A setting, or the content of the "@/path/file" it names (sink.c) */
+extern char *EsReadSettingFile(const char *setting, const char *what);
 
 #endif							/* EVENTSTORE_SINK_H */
