@@ -77,6 +77,8 @@
 /* How long a connection attempt may take, and how often one is made */
 #define ES_NATS_CONNECT_TIMEOUT_MS	1000
 #define ES_NATS_RETRY_INTERVAL_MS	1000
+/* The longest a write to the server may block (the server stopped reading) */
+#define ES_NATS_WRITE_DEADLINE_MS	1000
 #define ES_NATS_PROBE_TIMEOUT_MS	200
 
 /* The longest a shutdown waits for acknowledgements */
@@ -341,6 +343,9 @@ EsNatsConnect(void)
 		s = natsOptions_SetTimeout(opts, ES_NATS_CONNECT_TIMEOUT_MS);
 	if (s == NATS_OK)
 		s = natsOptions_SetAllowReconnect(opts, false);
+	/* A server that stops reading must not block the worker (and every sink) */
+	if (s == NATS_OK)
+		s = natsOptions_SetWriteDeadline(opts, ES_NATS_WRITE_DEADLINE_MS);
 	if (s == NATS_OK)
 		s = natsOptions_SetPingInterval(opts, 5000);
 	if (s == NATS_OK)
@@ -819,7 +824,7 @@ EsNatsSend(EsMessage *msg)
 	if (s == NATS_INVALID_SUBJECT)
 		return EsNatsRefuse(msg, ES_NATS_BAD_SUBJECT);
 	if (s == NATS_CONNECTION_CLOSED || s == NATS_CONNECTION_DISCONNECTED ||
-		s == NATS_IO_ERROR || s == NATS_STALE_CONNECTION)
+		s == NATS_IO_ERROR || s == NATS_STALE_CONNECTION || s == NATS_TIMEOUT)
 	{
 		/* The connection is gone: failed() tells the relay */
 		pthread_mutex_lock(&es_mutex);

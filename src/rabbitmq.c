@@ -63,12 +63,19 @@
 #define ES_RMQ_CHANNEL_CLOSED	1004	/* the channel closed for another message */
 #define ES_RMQ_NAME_TOO_LONG	1005	/* exchange, key or header name > 255 bytes */
 #define ES_RMQ_TOO_LARGE		1006	/* body over RabbitMQ's largest message */
+#define ES_RMQ_HEADERS_TOO_LARGE 1007	/* properties over one frame */
 
 /* Most messages in flight (the span of delivery tags not yet answered) */
 #define ES_RMQ_MAX_IN_FLIGHT	16384
 
 /* RabbitMQ's largest message (max_message_size's default and ceiling, 128 MiB) */
 #define ES_RMQ_MAX_BODY			((Size) 134217728)
+
+/*
+ * The most bytes of headers: the properties go in one frame (131,072 bytes
+ * by default, rabbitmq-c's and RabbitMQ's), with room for the short strings
+ */
+#define ES_RMQ_MAX_HEADERS		((Size) (AMQP_DEFAULT_FRAME_SIZE - 8192))
 
 /* The longest a shutdown waits for confirms */
 #define ES_RMQ_SHUTDOWN_WAIT_MS 5000
@@ -792,6 +799,24 @@ EsRmqProperties(EsMessage *msg, amqp_basic_properties_t *props, amqp_table_entry
 	return true;
 }
 
+/*
+ * An upper bound of the encoded size of the message's header table (name,
+ * type, length and value of each): rabbitmq-c fails a publish whose
+ * properties do not fit in a frame after it sent its first frame, which
+ * would cost the connection
+ */
+static Size
+EsRmqHeadersSize(const EsMessage *msg)
+{
+	Size		size = 0;
+	int			i;
+
+	for (i = 0; i < msg->nheaders; i++)
+		size += 1 + strlen("cloudEvents_") + strlen(msg->headers[i].name) + 1 + 4 +
+			(msg->headers[i].value ? strlen(msg->headers[i].value) : 0);
+	return size;
+}
+
 /* A local refusal: the message's outcome, at once */
 static bool
 EsRmqRefuse(EsMessage *msg, int err)
@@ -828,6 +853,8 @@ EsRmqSend(EsMessage *msg)
 		return EsRmqRefuse(msg, ES_RMQ_NAME_TOO_LONG);
 	if (vallen > ES_RMQ_MAX_BODY)
 		return EsRmqRefuse(msg, ES_RMQ_TOO_LARGE);
+	if (EsRmqHeadersSize(msg) > ES_RMQ_MAX_HEADERS)
+		return EsRmqRefuse(msg, ES_RMQ_HEADERS_TOO_LARGE);
 
 	if (es_publish_cxt == NULL)
 		es_publish_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore rabbitmq publish",
@@ -871,7 +898,8 @@ EsRmqIsPermanent(int err)
 {
 	if (err == ES_RMQ_NO_ROUTE)
 		return es_rabbitmq_unroutable == ES_UNROUTABLE_DEAD_LETTER;
-	return err == ES_RMQ_NAME_TOO_LONG || err == ES_RMQ_TOO_LARGE;
+	return err == ES_RMQ_NAME_TOO_LONG || err == ES_RMQ_TOO_LARGE ||
+		err == ES_RMQ_HEADERS_TOO_LARGE;
 }
 
 /* Whether an error says the broker cannot be reached */
@@ -907,6 +935,8 @@ EsRmqErrorText(int err)
 			return pstrdup("NAME_TOO_LONG: an exchange, routing key, header name, content type or message id over 255 bytes");
 		case ES_RMQ_TOO_LARGE:
 			return pstrdup("MESSAGE_TOO_LARGE: the body is over 128 MiB, RabbitMQ's largest message");
+		case ES_RMQ_HEADERS_TOO_LARGE:
+			return pstrdup("HEADERS_TOO_LARGE: the headers do not fit in one AMQP frame (about 120 kB)");
 	}
 	return psprintf("AMQP_%d: unknown error", err);
 }

@@ -1,10 +1,12 @@
 /*
  * sink.c
  *		The relay's sinks by id and by name, and what they share: the check
- *		of a sink name given by a user, and URLs scrubbed of their password
- *		before they are logged.
+ *		of a sink name given by a user, settings read from "@/path/file",
+ *		and URLs scrubbed of their secrets before they are logged.
  */
 #include "postgres.h"
+
+#include <sys/stat.h>
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -127,9 +129,18 @@ EsReadSettingFile(const char *setting, const char *what)
 	char		chunk[1024];
 	size_t		n;
 	int			start;
+	struct stat st;
 
 	if (setting[0] != '@')
 		return pstrdup(setting);
+	/* A FIFO would block the open, a device never end */
+	if (stat(setting + 1, &st) == 0 && !S_ISREG(st.st_mode))
+	{
+		ereport(LOG,
+				(errmsg("eventstore relay: the file of %s \"%s\" is not a regular file",
+						what, setting + 1)));
+		return NULL;
+	}
 	file = AllocateFile(setting + 1, "r");
 	if (file == NULL)
 	{

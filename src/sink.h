@@ -23,7 +23,8 @@
  * an ERROR once a message left for the broker (send() would then resume at
  * that message and send it twice): failures are outcomes, logged at LOG.
  * Calls block the worker, and with it every other sink, for a bounded time
- * only (a connection attempt, a probe: a second at most).
+ * only (a connection attempt, a probe: about a second); the one known
+ * exception is a RabbitMQ broker that blocks publishers (docs/relay.md).
  */
 #ifndef EVENTSTORE_SINK_H
 #define EVENTSTORE_SINK_H
