@@ -256,11 +256,9 @@ for my $secret ('nats://relayuser:s3cretPw@127.0.0.1:1', 'nats://t0kenSecret@127
 		'back to the real server');
 }
 my $log = slurp_file($node->logfile, $log_from);
-like($log, qr/could not connect to NATS at nats:\/\/relayuser:\*\*\*\@127\.0\.0\.1:1/,
-	'the connection error names the URL with its password scrubbed');
 like($log, qr/could not connect to NATS at nats:\/\/\*\*\*\@127\.0\.0\.1:1/,
-	'and with its token scrubbed');
-unlike($log, qr/s3cretPw|t0kenSecret/, 'no secret in the log');
+	'the connection error names the URL with its user part scrubbed');
+unlike($log, qr/s3cretPw|t0kenSecret|relayuser/, 'no secret, nor the user name, in the log');
 
 $node->stop;
 done_testing();
