@@ -314,22 +314,8 @@ EsReportPipeOpen(void)
 {
 	rd_kafka_queue_t *queue;
 
-	if (es_report_pipe[0] < 0)
-	{
-		if (pipe(es_report_pipe) != 0 ||
-			fcntl(es_report_pipe[0], F_SETFL, O_NONBLOCK) != 0 ||
-			fcntl(es_report_pipe[1], F_SETFL, O_NONBLOCK) != 0)
-		{
-			ereport(LOG,
-					(errmsg("eventstore relay: could not create a pipe for delivery reports: %m")));
-			if (es_report_pipe[0] >= 0)
-				close(es_report_pipe[0]);
-			if (es_report_pipe[1] >= 0)
-				close(es_report_pipe[1]);
-			es_report_pipe[0] = es_report_pipe[1] = -1;
-			return;
-		}
-	}
+	if (es_report_pipe[0] < 0 && !EsOpenSignalPipe(es_report_pipe, "delivery reports"))
+		return;
 	queue = rd_kafka_queue_get_main(es_producer);
 	rd_kafka_queue_io_event_enable(queue, es_report_pipe[1], "r", 1);
 	rd_kafka_queue_destroy(queue);

@@ -291,19 +291,8 @@ EsNatsInitShared(void)
 	/* Never closed: a late callback may still write to it */
 	if (es_pipe[0] < 0)
 	{
-		if (pipe(es_pipe) != 0 ||
-			fcntl(es_pipe[0], F_SETFL, O_NONBLOCK) != 0 ||
-			fcntl(es_pipe[1], F_SETFL, O_NONBLOCK) != 0)
-		{
-			ereport(LOG,
-					(errmsg("eventstore relay: could not create a pipe for NATS acknowledgements: %m")));
-			if (es_pipe[0] >= 0)
-				close(es_pipe[0]);
-			if (es_pipe[1] >= 0)
-				close(es_pipe[1]);
-			es_pipe[0] = es_pipe[1] = -1;
+		if (!EsOpenSignalPipe(es_pipe, "NATS acknowledgements"))
 			return false;
-		}
 	}
 	return true;
 }

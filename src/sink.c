@@ -6,7 +6,9 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -167,4 +169,25 @@ EsReadSettingFile(const char *setting, const char *what)
 		buf.data[--buf.len] = '\0';
 	start = strspn(buf.data, " \t\r\n");
 	return pstrdup(buf.data + start);
+}
+
+/*
+ * Open a pipe whose both ends do not block, for a sink's client to signal
+ * the relay; false, logged ('what' names its use), if it cannot be made
+ */
+bool
+EsOpenSignalPipe(int fds[2], const char *what)
+{
+	if (pipe(fds) == 0 &&
+		fcntl(fds[0], F_SETFL, O_NONBLOCK) == 0 &&
+		fcntl(fds[1], F_SETFL, O_NONBLOCK) == 0)
+		return true;
+	ereport(LOG,
+			(errmsg("eventstore relay: could not create a pipe for %s: %m", what)));
+	if (fds[0] >= 0)
+		close(fds[0]);
+	if (fds[1] >= 0)
+		close(fds[1]);
+	fds[0] = fds[1] = -1;
+	return false;
 }

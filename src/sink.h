@@ -147,6 +147,8 @@ extern EsSinkId EsSinkArgument(FunctionCallInfo fcinfo, int argno);
 
 /* A secret-free copy of a URL or a list of them, for the log (sink.c) */
 extern char *EsScrubUrl(const char *url);
+/* A non-blocking pipe for a sink's client to signal the relay (sink.c) */
+extern bool EsOpenSignalPipe(int fds[2], const char *what);
 /* A setting, or the content of the "@/path/file" it names (sink.c) */
 extern char *EsReadSettingFile(const char *setting, const char *what);
 
