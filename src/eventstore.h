@@ -199,6 +199,8 @@ extern void EsWakeLauncher(void);
 extern bool EsLauncherTakeRescan(void);
 extern bool EsRelaySlotsFull(void);
 extern bool EsRelayTakeHorizonWanted(void);
+extern bool EsRelayTakeCheckExtension(void);
+extern void EsWakeRelayToCheckExtension(void);
 extern void EsWakeRelay(bool revisit, uint32 sinks);
 extern uint32 EsRelayTakeSinks(void);
 extern bool EsRelayTakeRevisit(void);

@@ -75,20 +75,32 @@ static EsServedDb *es_dbs = NULL;
 static int	es_ndbs = 0;
 static int	es_dbs_allocated = 0;
 
+/*
+ * A worker of ours that runs 'function' as 'name' once recovery finished,
+ * restarted after 'restart' seconds (BGW_NEVER_RESTART: never)
+ */
+static void
+EsDescribeWorker(BackgroundWorker *worker, const char *function,
+				 const char *name, int restart)
+{
+	memset(worker, 0, sizeof(BackgroundWorker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = restart;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "eventstore");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", name);
+}
+
 /* Register the launcher; called from _PG_init in the postmaster */
 void
 EsRegisterLauncher(void)
 {
 	BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = ES_LAUNCHER_RESTART_SECS;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "eventstore");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "eventstore_launcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "eventstore launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "eventstore launcher");
+	EsDescribeWorker(&worker, "eventstore_launcher_main", "eventstore launcher",
+					 ES_LAUNCHER_RESTART_SECS);
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -247,14 +259,8 @@ EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 
 	if (slot >= 0)
 	{
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "eventstore");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "eventstore_relay_main");
-		snprintf(worker.bgw_name, BGW_MAXLEN, "eventstore relay");
-		snprintf(worker.bgw_type, BGW_MAXLEN, "eventstore relay");
+		EsDescribeWorker(&worker, "eventstore_relay_main", "eventstore relay",
+						 BGW_NEVER_RESTART);
 		worker.bgw_main_arg = Int32GetDatum(slot);
 		memcpy(worker.bgw_extra, &db->oid, sizeof(Oid));
 		worker.bgw_notify_pid = MyProcPid;

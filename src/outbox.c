@@ -61,6 +61,9 @@ static bool es_wake_pollers = false;
 /* Set when it created the extension or a database: wake the launcher at commit */
 static bool es_wake_launcher = false;
 
+/* Set when it dropped an extension: the relay looks whether ours is gone, at its end */
+static bool es_check_extension = false;
+
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Raise an error unless 'topic' is a legal Kafka topic name */
@@ -238,6 +241,11 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 {
 	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
 		return;
+	if (es_check_extension)
+	{
+		es_check_extension = false;
+		EsWakeRelayToCheckExtension();
+	}
 	if (es_wake_pollers)
 	{
 		es_wake_pollers = false;
@@ -281,7 +289,7 @@ EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		es_wake_launcher = true;
 	else if (IsA(parsetree, DropStmt) &&
 			 ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
-		EsWakeRelayAtCommit(false);
+		es_check_extension = true;
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);

@@ -1181,6 +1181,14 @@ eventstore_relay_main(Datum arg)
 		/* Requeued or discarded dead letters */
 		if (EsRelayTakeRevisit())
 			EsRelayRevisitAll();
+		/* An extension was dropped here: end if it was ours */
+		if (EsRelayTakeCheckExtension())
+		{
+			StartTransactionCommand();
+			es_relay_no_extension = !OidIsValid(get_extension_oid("eventstore", true));
+			CommitTransactionCommand();
+			EsRelayEndWithoutExtension();
+		}
 
 		/* Appends ended: publish the read horizon for hot standbys */
 		publish = EsRelayTakeHorizonWanted() || publish;

@@ -54,6 +54,7 @@ typedef struct EsRelaySlot
 	bool		revisit;		/* rows it passed may be ready: look again */
 	uint32		sinks;			/* bits (1 << sink) of the sinks committed rows are for */
 	bool		horizon_wanted; /* appends ended: publish the read horizon */
+	bool		check_extension;	/* an extension was dropped: is ours there? */
 	bool		no_extension;	/* the relay found no extension and ended */
 	bool		ended;			/* the relay attached and ended since */
 	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
@@ -368,6 +369,43 @@ EsRelayTakeHorizonWanted(void)
 	EsMySlot()->horizon_wanted = false;
 	SpinLockRelease(&es_shared->mutex);
 	return wanted;
+}
+
+/* Whether an extension was dropped in the relay's database (and clear it) */
+bool
+EsRelayTakeCheckExtension(void)
+{
+	bool		check;
+
+	SpinLockAcquire(&es_shared->mutex);
+	check = EsMySlot()->check_extension;
+	EsMySlot()->check_extension = false;
+	SpinLockRelease(&es_shared->mutex);
+	return check;
+}
+
+/*
+ * Wake this database's relay to look whether the extension is still there
+ * (a DROP EXTENSION ended).  Must not raise an error.
+ */
+void
+EsWakeRelayToCheckExtension(void)
+{
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsDatabaseSlot(MyDatabaseId);
+	if (slot != NULL)
+	{
+		slot->check_extension = true;
+		latch = slot->latch;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /* How many messages the relay has in flight to a sink, for relay_status() */
