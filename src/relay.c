@@ -1120,9 +1120,8 @@ eventstore_relay_main(Datum arg)
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext error_cxt;
 	Oid			database;
-	/* static: they survive an ERROR (longjmp) */
-	static TimestampTz published_at = 0;
-	static bool publish = false;
+	/* static: it survives an ERROR (longjmp) */
+	static TimestampTz publish_due = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -1190,24 +1189,24 @@ eventstore_relay_main(Datum arg)
 			EsRelayEndWithoutExtension();
 		}
 
-		/* Appends ended: publish the read horizon for hot standbys */
-		publish = EsRelayTakeHorizonWanted() || publish;
-		if (publish)
+		/*
+		 * Appends ended: publish the read horizon for hot standbys, at most
+		 * every EsPublishIntervalMs().  The request is taken only when due,
+		 * so that appends ending meanwhile find it set and do not wake us.
+		 */
+		if (GetCurrentTimestamp() >= publish_due)
 		{
-			TimestampTz due = TimestampTzPlusMilliseconds(published_at,
-														  EsPublishIntervalMs());
-
-			if (GetCurrentTimestamp() >= due)
+			if (EsRelayTakeHorizonWanted())
 			{
 				es_round_step = "publishing the read horizon";
 				es_relay_no_extension = !EsPublishHorizon();
 				EsRelayEndWithoutExtension();
-				published_at = GetCurrentTimestamp();
-				publish = false;
+				publish_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  EsPublishIntervalMs());
 			}
-			else
-				wake = due;
 		}
+		else
+			wake = publish_due;
 
 		for (i = 0; i < ES_NUM_SINKS; i++)
 		{
