@@ -66,8 +66,13 @@
  * message for the sink whose step failed, and that pipeline tries again
  * after a backoff while the others go on.  The window survives in memory:
  * what was sent is recorded later, never sent again for that.
- * FATAL (SIGTERM) still ends it; the postmaster starts it again after
- * bgw_restart_time, and all progress is in the tables.
+ * FATAL (SIGTERM) still ends it; the launcher (launcher.c) starts it again
+ * after 2 seconds, and all progress is in the tables.
+ *
+ * Each relay serves one database, given by the launcher, in a slot of
+ * shared memory (shmem.c).  It ends when its database has no extension
+ * (dropped, or never created there).  It also publishes the read horizon
+ * for hot standbys after appends end (horizon.c).
  */
 #include "postgres.h"
 
