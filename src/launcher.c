@@ -17,9 +17,10 @@
  * there.
  *
  * At most eventstore.max_relays relays run (the shared-memory slots), and
- * each needs a background worker slot (max_worker_processes): a database
- * that gets none is warned about once in the log, shows "not_served" in
- * relay_status() when the relay slots are full, and is tried again later.
+ * each needs a background worker slot (max_worker_processes).  A database
+ * that gets no relay slot shows "not_served" in relay_status(), and its
+ * sessions warn when they enqueue; running out of background worker slots
+ * is warned about in the log.  Either way it is tried again later.
  *
  * The launcher starts once recovery has finished: on a hot standby nothing
  * runs; after a promotion the postmaster starts it and it starts the relays.
@@ -68,7 +69,6 @@ typedef struct EsServedDb
 	bool		absent;			/* its relay found no extension */
 	bool		recheck;		/* woken to look again since its relay started */
 	TimestampTz not_before; /* when its relay may start (again) */
-	bool		warned;			/* the log said it has no relay */
 } EsServedDb;
 
 static EsServedDb *es_dbs = NULL;
@@ -250,10 +250,17 @@ EsLauncherReap(TimestampTz now)
 	}
 }
 
-/* Start the relay of 'db'; false (and warned once) when no slot is free */
+/*
+ * Start the relay of 'db'; false when no relay slot or no background worker
+ * slot is free.  A full set of relay slots is not warned about here: the
+ * database may have no extension (its sessions warn, see
+ * EsWarnIfNotServed, and relay_status() says why).  Running out of
+ * background worker slots is warned about once.
+ */
 static bool
 EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 {
+	static bool warned = false;
 	BackgroundWorker worker;
 	int			slot = EsClaimRelaySlot(db->oid);
 
@@ -268,20 +275,23 @@ EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 		{
 			db->slot = slot;
 			db->recheck = false;
-			db->warned = false;
 			return true;
 		}
 		(void) EsFreeRelaySlot(slot);
 		db->handle = NULL;
+		if (!warned)
+			ereport(WARNING,
+					(errmsg("no background worker slot is free for the eventstore relay of database \"%s\"",
+							db->name),
+					 errdetail("The relays of other databases may be missing too; the launcher tries again every %d seconds.",
+							   ES_LAUNCHER_NO_SLOT_SECS),
+					 errhint("Raise max_worker_processes (a server restart).")));
+		warned = true;
 	}
-	if (!db->warned)
-		ereport(WARNING,
-				(errmsg("no eventstore relay can start for database \"%s\"", db->name),
-				 slot < 0 ?
-				 errdetail("All %d relay slots are taken (eventstore.max_relays).", es_max_relays) :
-				 errdetail("No background worker slot is free."),
-				 errhint("Raise eventstore.max_relays and max_worker_processes (a server restart), or set eventstore.database to the one database to serve.")));
-	db->warned = true;
+	else
+		ereport(DEBUG1,
+				(errmsg("eventstore launcher: every relay slot is taken, database \"%s\" waits",
+						db->name)));
 	db->not_before = TimestampTzPlusMilliseconds(now, 1000 * ES_LAUNCHER_NO_SLOT_SECS);
 	return false;
 }
