@@ -185,7 +185,10 @@ EsLauncherScan(void)
 
 /*
  * As the launcher starts: take over the slots of relays a previous launcher
- * started (they run on), and free those of relays that ended
+ * started that run (attached), and free the others: those of relays that
+ * ended, and those of relays not attached yet, which may never attach (one
+ * that dies on its way cannot say so).  A relay that comes late finds its
+ * claim over (EsAttachRelaySlot) and ends; this launcher starts another.
  */
 static void
 EsLauncherAdopt(void)
@@ -194,15 +197,16 @@ EsLauncherAdopt(void)
 
 	for (i = 0; i < es_max_relays; i++)
 	{
+		bool		attached;
 		bool		ended;
-		Oid			database = EsRelaySlotDatabase(i, &ended);
+		Oid			database = EsRelaySlotDatabase(i, &attached, &ended);
 
 		if (!OidIsValid(database))
 			continue;
-		if (ended)
-			(void) EsFreeRelaySlot(i);
-		else
+		if (attached && !ended)
 			EsServedDbEntry(database, "")->slot = i;
+		else
+			(void) EsFreeRelaySlot(i);
 	}
 }
 
@@ -219,6 +223,7 @@ EsLauncherReap(TimestampTz now)
 	{
 		EsServedDb *db = &es_dbs[i];
 		pid_t		pid;
+		bool		attached;
 		bool		ended;
 
 		if (db->slot < 0)
@@ -230,7 +235,7 @@ EsLauncherReap(TimestampTz now)
 			pfree(db->handle);
 			db->handle = NULL;
 		}
-		else if (EsRelaySlotDatabase(db->slot, &ended) == db->oid && !ended)
+		else if (EsRelaySlotDatabase(db->slot, &attached, &ended) == db->oid && !ended)
 			continue;
 		db->absent = EsFreeRelaySlot(db->slot);
 		db->slot = -1;
@@ -262,14 +267,17 @@ EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 {
 	static bool warned = false;
 	BackgroundWorker worker;
-	int			slot = EsClaimRelaySlot(db->oid);
+	EsRelayArgs args;
+	int			slot = EsClaimRelaySlot(db->oid, &args.generation);
 
 	if (slot >= 0)
 	{
 		EsDescribeWorker(&worker, "eventstore_relay_main", "eventstore relay",
 						 BGW_NEVER_RESTART);
 		worker.bgw_main_arg = Int32GetDatum(slot);
-		memcpy(worker.bgw_extra, &db->oid, sizeof(Oid));
+		args.database = db->oid;
+		StaticAssertStmt(sizeof(EsRelayArgs) <= BGW_EXTRALEN, "EsRelayArgs too large");
+		memcpy(worker.bgw_extra, &args, sizeof(EsRelayArgs));
 		worker.bgw_notify_pid = MyProcPid;
 		if (RegisterDynamicBackgroundWorker(&worker, &db->handle))
 		{
