@@ -7,12 +7,16 @@
 #     the standby's horizon never lets it skip an event that commits late.
 #  2. read_stream, stream_version and load_aggregate on the standby answer as
 #     on the primary; load_aggregate writes no snapshot there.
-#  3. Writes fail as in a read-only transaction (25006); read_all under a
+#  3. Writes (append, publish, save_snapshot, ack) fail with 25006; read_all under a
 #     transaction snapshot fails as on the primary; relay_status() says
 #     'standby'.
 #  4. poll on the standby returns a partition's events after its checkpoint
 #     without moving it; after an ack on the primary has replayed, it returns
-#     the next ones.
+#     the next ones.  Two consumers on the standby get different partitions;
+#     a waiting poll returns an event appended on the primary meanwhile.
+#  5. In a database whose horizon the primary's relay does not publish
+#     (eventstore.database names another one), read_all and poll on the
+#     standby fail with 55000.
 use strict;
 use warnings;
 
@@ -50,6 +54,9 @@ $primary->safe_psql('postgres', q{
 $primary->backup('bk');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($primary, 'bk', has_streaming => 1);
+# (a poll that waits long on the standby holds a snapshot: without feedback,
+# vacuum on the primary cancels it, "conflict with recovery")
+$standby->append_conf('postgresql.conf', "hot_standby_feedback = on\n");
 $standby->start;
 $primary->wait_for_catchup($standby);
 my $dir = $primary->basedir;
@@ -187,6 +194,12 @@ is($agg, $primary->safe_psql('postgres', $agg_q), 'the same aggregate as on the 
 is(sqlstate_of($standby,
 	q{SELECT eventstore.append('acct-7', NULL, '[{"type": "X", "data": {}}]')}),
 	'25006', 'append on the standby: 25006');
+is(sqlstate_of($standby, q{SELECT eventstore.publish('t', 'k', '{}')}),
+	'25006', 'publish on the standby: 25006');
+is(sqlstate_of($standby, q{SELECT eventstore.save_snapshot('acct-7', 1, '{}')}),
+	'25006', 'save_snapshot on the standby: 25006');
+is(sqlstate_of($standby, q{SELECT eventstore.ack('s', 1, 0)}),
+	'25006', 'ack on the standby: 25006');
 my $rr = q{BEGIN ISOLATION LEVEL REPEATABLE READ;
 	SELECT count(*) FROM eventstore.read_all(0, 10);};
 my $rr_primary = sqlstate_of($primary, $rr);
@@ -220,6 +233,67 @@ $polled = '';
 $standby->psql('postgres', $poll_q, stdout => \$polled);
 is($polled, join("\n", @p0[ 10 .. 19 ]),
 	'after an ack on the primary, poll on the standby returns the next events');
+
+# Two consumers on the standby do not get the same partition at once
+my $c1 = $standby->background_psql('postgres');
+my $c2 = $standby->background_psql('postgres');
+my $partition_q = q{SELECT DISTINCT eventstore.stream_partition(stream_id, 2)
+	FROM eventstore.poll('s', 10)};
+$c1->query_safe('BEGIN');
+my $got1 = $c1->query_safe($partition_q);
+my $got2 = $c2->query_safe($partition_q);
+like($got1, qr/^[01]$/, 'a consumer on the standby gets one partition');
+like($got2, qr/^[01]$/, 'so does a second one');
+isnt($got2, $got1, 'not the partition the first one holds');
+$c1->query_safe('COMMIT');
+$c1->quit;
+$c2->quit;
+
+# A waiting poll on the standby returns an event appended on the primary
+# while it waits: it rechecks, nothing on the standby wakes it.  The wait is
+# far longer than the bound on psql, so a poll that only looks again when
+# its wait ends fails here.
+$primary->safe_psql('postgres', q{
+	SELECT eventstore.create_subscription('w', category => 'late',
+		start_position => eventstore.read_horizon() - 1)});
+$primary->wait_for_catchup($standby);
+my ($waited, $wait_err) = ('', '');
+my $wait_h = IPC::Run::start(
+	[ 'psql', '-XAtq', '-d', $standby->connstr('postgres') . ' application_name=waiter',
+		'-c', q{SELECT stream_id FROM eventstore.poll('w', 10, '1h')} ],
+	'<', \undef, '>', \$waited, '2>', \$wait_err,
+	IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+ok($standby->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE application_name = 'waiter' AND state = 'active' AND query LIKE '%poll%'}),
+	'a poll waits on the standby');
+$primary->safe_psql('postgres',
+	q{SELECT eventstore.append('late-1', 0, '[{"type": "Arrived", "data": {}}]')});
+unless (eval { $wait_h->finish; 1 })
+{
+	$wait_h->kill_kill;
+	$wait_err .= 'psql did not return';
+}
+is("$waited$wait_err", "late-1\n", 'it returns the event appended on the primary meanwhile');
+
+# A database the primary's relay does not serve (eventstore.database) has
+# no published horizon: read_all and poll on the standby refuse
+$primary->safe_psql('postgres', 'CREATE DATABASE other');
+$primary->safe_psql('other', q{
+	CREATE EXTENSION eventstore;
+	SELECT eventstore.create_subscription('o');
+	SELECT eventstore.append('x-1', 0, '[{"type": "A", "data": {}}]');});
+is($primary->safe_psql('other', 'SELECT count(*) FROM eventstore.read_all()'), '1',
+	'read_all in a database the relay does not serve works on the primary');
+$primary->wait_for_catchup($standby);
+my ($o_out, $o_err) = ('', '');
+$standby->psql('other', 'SELECT count(*) FROM eventstore.read_all()',
+	stdout => \$o_out, stderr => \$o_err, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($o_err, qr/ERROR:\s+55000: no read horizon has been published for this database/,
+	'on the standby it fails: no read horizon published (55000)');
+$o_err = '';
+$standby->psql('other', q{SELECT count(*) FROM eventstore.poll('o', 10)},
+	stdout => \$o_out, stderr => \$o_err, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($o_err, qr/ERROR:\s+55000:/, 'and so does poll');
 
 $standby->stop;
 $primary->stop;

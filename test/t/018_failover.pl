@@ -57,6 +57,9 @@ ok($primary->poll_query_until('postgres',
 
 my $workers_q = q{SELECT count(*) FROM pg_stat_activity
 	WHERE backend_type IN ('eventstore relay', 'eventstore launcher')};
+my $launcher_q = q{SELECT count(*) FROM pg_stat_activity
+	WHERE backend_type = 'eventstore launcher'};
+is($primary->safe_psql('postgres', $launcher_q), '1', 'the primary runs a launcher');
 is($standby->safe_psql('postgres', $workers_q), '0', 'no relay on the standby');
 is($standby->safe_psql('postgres',
 	q{SELECT count(*) FILTER (WHERE state = 'standby' AND pid IS NULL) || '/' || count(*)
@@ -107,6 +110,7 @@ ok($standby->poll_query_until('postgres',
 	q{SELECT count(*) = 1 FROM pg_stat_activity
 	  WHERE backend_type = 'eventstore relay' AND datname = 'postgres'}),
 	'a relay starts after the promotion');
+is($standby->safe_psql('postgres', $launcher_q), '1', 'and a launcher');
 ok(wait_drained($standby), 'the new primary drains its outbox');
 is($standby->safe_psql('postgres',
 	q{SELECT count(*) FROM eventstore.relay_status() WHERE state = 'standby'}),
