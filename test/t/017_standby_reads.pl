@@ -91,17 +91,31 @@ my $writer_h = IPC::Run::start(
 	'>', "$dir/writers.out", '2>', "$dir/writers.err",
 	IPC::Run::timeout($timeout + 60));
 
-# The reader on the standby: read_all from the last position it got
-my $reader = $standby->background_psql('postgres');
-$reader->set_query_timer_restart;
+# The reader on the standby: read_all from the last position it got, in
+# one psql session (quieter in the log than background_psql)
+my ($reader_in, $reader_out, $reader_err) = ('', '', '');
+my $reader = IPC::Run::start(
+	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $standby->connstr('postgres') ],
+	'<', \$reader_in, '>', \$reader_out, '2>', \$reader_err,
+	IPC::Run::timeout($timeout + 60));
+
+# One page of read_all after position $after
+sub read_page
+{
+	my ($after) = @_;
+	$reader_in .= "SELECT global_position FROM eventstore.read_all($after, 100);\n\\echo END\n";
+	$reader->pump until $reader_out =~ /^END\n\z/m || $reader_err ne '';
+	die "reader: $reader_err" if $reader_err ne '';
+	my @page = grep { $_ ne '' && $_ ne 'END' } split /\n/, $reader_out;
+	$reader_out = '';
+	return @page;
+}
 my @seen;
 my ($last, $pages, $short_pages, $primary_max, $primary_count) = (0, 0, 0);
 my $deadline = time + $timeout;
 while (time < $deadline)
 {
-	my $out = $reader->query_safe(
-		"SELECT global_position FROM eventstore.read_all($last, 100)");
-	my @page = grep { $_ ne '' } split /\n/, $out;
+	my @page = read_page($last);
 	$pages++;
 	if (@page)
 	{
@@ -121,7 +135,8 @@ while (time < $deadline)
 	last if defined $primary_max && $last >= $primary_max;
 	usleep(5_000) unless @page;
 }
-$reader->quit;
+$reader_in .= "\\q\n";
+$reader->finish;
 ok(defined $primary_max && $last >= $primary_max,
 	'the standby reader got to the primary\'s last event')
   or diag "last position read $last, primary's last " . ($primary_max // 'unknown');
