@@ -61,6 +61,9 @@ static bool es_wake_pollers = false;
 /* Set when it created the extension or a database: wake the launcher at commit */
 static bool es_wake_launcher = false;
 
+/* Set when it dropped an extension: the relay looks whether ours is gone, at its end */
+static bool es_check_extension = false;
+
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Raise an error unless 'topic' is a legal Kafka topic name */
@@ -238,6 +241,11 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 {
 	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
 		return;
+	if (es_check_extension)
+	{
+		es_check_extension = false;
+		EsWakeRelayToCheckExtension();
+	}
 	if (es_wake_pollers)
 	{
 		es_wake_pollers = false;
@@ -281,7 +289,7 @@ EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		es_wake_launcher = true;
 	else if (IsA(parsetree, DropStmt) &&
 			 ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
-		EsWakeRelayAtCommit(false);
+		es_check_extension = true;
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);
@@ -321,23 +329,38 @@ EsDatabaseIsServed(void)
 
 /*
  * Warn, once per session, that messages enqueued here are not relayed: the
- * relay serves another database (eventstore.database)
+ * relays serve another database (eventstore.database), or every relay slot
+ * is taken by other databases (eventstore.max_relays)
  */
 void
 EsWarnIfNotServed(void)
 {
 	static bool warned = false;
 
-	if (warned || EsDatabaseIsServed())
+	if (warned)
 		return;
-	warned = true;
-	ereport(WARNING,
-			(errcode(ERRCODE_WARNING),
-			 errmsg("database \"%s\" is not served by the eventstore relay",
-					get_database_name(MyDatabaseId)),
-			 errdetail("The relay serves database \"%s\"; messages enqueued here stay in eventstore.outbox.",
-					   es_database),
-			 errhint("Set eventstore.database to this database (a server restart) to relay its outbox.")));
+	if (!EsDatabaseIsServed())
+	{
+		warned = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("database \"%s\" is not served by the eventstore relay",
+						get_database_name(MyDatabaseId)),
+				 errdetail("The relay serves database \"%s\"; messages enqueued here stay in eventstore.outbox.",
+						   es_database),
+				 errhint("Set eventstore.database to this database, or empty it to serve every database (a server restart), to relay its outbox.")));
+	}
+	else if (EsRelaySlotsFull())
+	{
+		warned = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("database \"%s\" is not served by the eventstore relay",
+						get_database_name(MyDatabaseId)),
+				 errdetail("Every relay slot is taken by another database (eventstore.max_relays = %d); messages enqueued here stay in eventstore.outbox.",
+						   es_max_relays),
+				 errhint("Raise eventstore.max_relays (a server restart) to relay this database's outbox.")));
+	}
 }
 
 /*

@@ -66,8 +66,13 @@
  * message for the sink whose step failed, and that pipeline tries again
  * after a backoff while the others go on.  The window survives in memory:
  * what was sent is recorded later, never sent again for that.
- * FATAL (SIGTERM) still ends it; the postmaster starts it again after
- * bgw_restart_time, and all progress is in the tables.
+ * FATAL (SIGTERM) still ends it; the launcher (launcher.c) starts it again
+ * after 2 seconds, and all progress is in the tables.
+ *
+ * Each relay serves one database, given by the launcher, in a slot of
+ * shared memory (shmem.c).  It ends when its database has no extension
+ * (dropped, or never created there).  It also publishes the read horizon
+ * for hot standbys after appends end (horizon.c).
  */
 #include "postgres.h"
 
@@ -1112,27 +1117,30 @@ EsRelayRevisitAll(void)
 
 /*
  * The relay worker's entry point: 'arg' is the slot the launcher claimed
- * for it, bgw_extra the OID of its database
+ * for it, bgw_extra its database and the claim's generation (EsRelayArgs)
  */
 void
 eventstore_relay_main(Datum arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext error_cxt;
-	Oid			database;
-	/* static: they survive an ERROR (longjmp) */
-	static TimestampTz published_at = 0;
-	static bool publish = false;
+	EsRelayArgs args;
+	/* static: it survives an ERROR (longjmp) */
+	static TimestampTz publish_due = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
-	if (!EsAttachRelaySlot(DatumGetInt32(arg)))
-		ereport(FATAL,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("eventstore relay slot %d is not for database %u", DatumGetInt32(arg), database)));
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(EsRelayArgs));
+	BackgroundWorkerInitializeConnectionByOid(args.database, InvalidOid, 0);
+	if (!EsAttachRelaySlot(DatumGetInt32(arg), args.generation))
+	{
+		/* A launcher that started meanwhile freed our slot, and starts another */
+		ereport(LOG,
+				(errmsg("eventstore relay for database %u ends: its slot was given up while it started",
+						args.database)));
+		proc_exit(0);
+	}
 	before_shmem_exit(EsRelayExit, (Datum) 0);
 	EsRelaySessionSettings();
 	EsRelayInstallPlannerHook();
@@ -1181,25 +1189,33 @@ eventstore_relay_main(Datum arg)
 		/* Requeued or discarded dead letters */
 		if (EsRelayTakeRevisit())
 			EsRelayRevisitAll();
-
-		/* Appends ended: publish the read horizon for hot standbys */
-		publish = EsRelayTakeHorizonWanted() || publish;
-		if (publish)
+		/* An extension was dropped here: end if it was ours */
+		if (EsRelayTakeCheckExtension())
 		{
-			TimestampTz due = TimestampTzPlusMilliseconds(published_at,
-														  EsPublishIntervalMs());
+			StartTransactionCommand();
+			es_relay_no_extension = !OidIsValid(get_extension_oid("eventstore", true));
+			CommitTransactionCommand();
+			EsRelayEndWithoutExtension();
+		}
 
-			if (GetCurrentTimestamp() >= due)
+		/*
+		 * Appends ended: publish the read horizon for hot standbys, at most
+		 * every EsPublishIntervalMs().  The request is taken only when due,
+		 * so that appends ending meanwhile find it set and do not wake us.
+		 */
+		if (GetCurrentTimestamp() >= publish_due)
+		{
+			if (EsRelayTakeHorizonWanted())
 			{
 				es_round_step = "publishing the read horizon";
 				es_relay_no_extension = !EsPublishHorizon();
 				EsRelayEndWithoutExtension();
-				published_at = GetCurrentTimestamp();
-				publish = false;
+				publish_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  EsPublishIntervalMs());
 			}
-			else
-				wake = due;
 		}
+		else
+			wake = publish_due;
 
 		for (i = 0; i < ES_NUM_SINKS; i++)
 		{

@@ -50,10 +50,12 @@ typedef struct EsCommitMark
 typedef struct EsRelaySlot
 {
 	Oid			database;		/* InvalidOid: the slot is free */
+	uint32		generation;		/* which claim of the slot this is */
 	Latch	   *latch;			/* the relay's latch, NULL until it runs */
 	bool		revisit;		/* rows it passed may be ready: look again */
 	uint32		sinks;			/* bits (1 << sink) of the sinks committed rows are for */
 	bool		horizon_wanted; /* appends ended: publish the read horizon */
+	bool		check_extension;	/* an extension was dropped: is ours there? */
 	bool		no_extension;	/* the relay found no extension and ended */
 	bool		ended;			/* the relay attached and ended since */
 	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
@@ -65,6 +67,7 @@ typedef struct EsShared
 	slock_t		mutex;
 	Latch	   *launcher_latch; /* NULL while no launcher runs */
 	bool		launcher_rescan;	/* a database may have got the extension */
+	uint32		generations;	/* claims of relay slots so far */
 	ConditionVariable events_cv;	/* broadcast when appends end */
 	uint64		commits_written;	/* marks written since startup */
 	EsCommitMark commits[ES_COMMIT_MARKS];	/* a ring of the latest */
@@ -159,10 +162,11 @@ EsMySlot(void)
 
 /*
  * The launcher: claim a free slot for 'database' (its relay is about to
- * start); -1 when every slot is taken
+ * start); -1 when every slot is taken.  *generation tells this claim from
+ * earlier ones of the slot: only the relay given it may attach.
  */
 int
-EsClaimRelaySlot(Oid database)
+EsClaimRelaySlot(Oid database, uint32 *generation)
 {
 	int			i;
 	int			claimed = -1;
@@ -178,6 +182,8 @@ EsClaimRelaySlot(Oid database)
 			continue;
 		memset(slot, 0, sizeof(EsRelaySlot));
 		slot->database = database;
+		slot->generation = ++es_shared->generations;
+		*generation = slot->generation;
 		claimed = i;
 	}
 	SpinLockRelease(&es_shared->mutex);
@@ -201,27 +207,29 @@ EsFreeRelaySlot(int i)
 }
 
 /*
- * The launcher, as it starts: the database slot 'i' is claimed for
- * (InvalidOid: free), and whether its relay ended
+ * The database slot 'i' is claimed for (InvalidOid: free); whether its
+ * relay attached, and whether it ended since
  */
 Oid
-EsRelaySlotDatabase(int i, bool *ended)
+EsRelaySlotDatabase(int i, bool *attached, bool *ended)
 {
 	Oid			database;
 
 	SpinLockAcquire(&es_shared->mutex);
 	database = es_shared->slots[i].database;
+	*attached = es_shared->slots[i].latch != NULL || es_shared->slots[i].ended;
 	*ended = es_shared->slots[i].ended;
 	SpinLockRelease(&es_shared->mutex);
 	return database;
 }
 
 /*
- * A relay: attach to slot 'i' the launcher claimed for this database, and
- * publish our latch; false if the slot is not this database's
+ * A relay: attach to slot 'i' the launcher claimed for this database with
+ * 'generation', and publish our latch; false if that claim is over (a
+ * launcher that started afterwards freed the slot)
  */
 bool
-EsAttachRelaySlot(int i)
+EsAttachRelaySlot(int i, uint32 generation)
 {
 	EsRelaySlot *slot;
 	int			s;
@@ -231,7 +239,8 @@ EsAttachRelaySlot(int i)
 		return false;
 	SpinLockAcquire(&es_shared->mutex);
 	slot = &es_shared->slots[i];
-	ok = slot->database == MyDatabaseId && slot->latch == NULL;
+	ok = slot->database == MyDatabaseId && slot->generation == generation &&
+		slot->latch == NULL && !slot->ended;
 	if (ok)
 	{
 		slot->latch = MyLatch;
@@ -368,6 +377,43 @@ EsRelayTakeHorizonWanted(void)
 	EsMySlot()->horizon_wanted = false;
 	SpinLockRelease(&es_shared->mutex);
 	return wanted;
+}
+
+/* Whether an extension was dropped in the relay's database (and clear it) */
+bool
+EsRelayTakeCheckExtension(void)
+{
+	bool		check;
+
+	SpinLockAcquire(&es_shared->mutex);
+	check = EsMySlot()->check_extension;
+	EsMySlot()->check_extension = false;
+	SpinLockRelease(&es_shared->mutex);
+	return check;
+}
+
+/*
+ * Wake this database's relay to look whether the extension is still there
+ * (a DROP EXTENSION ended).  Must not raise an error.
+ */
+void
+EsWakeRelayToCheckExtension(void)
+{
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsDatabaseSlot(MyDatabaseId);
+	if (slot != NULL)
+	{
+		slot->check_extension = true;
+		latch = slot->latch;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /* How many messages the relay has in flight to a sink, for relay_status() */
