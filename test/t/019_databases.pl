@@ -168,6 +168,7 @@ ok($launcher ne '' && launcher_pid() eq $launcher, 'the launcher is the same pro
 sql('postgres', 'CREATE DATABASE db4');
 sql('db4', q{CREATE EXTENSION eventstore; SELECT eventstore.add_route('order', 'db4-orders')});
 ok(wait_relays('db2,db3,db4'), 'db4 gets a relay');
+my $drop_offset = -s $node->logfile;
 my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE db4');
 note "plain DROP DATABASE of a database with a relay: exit $ret, stderr: $err";
 note 'relays after it: ' . relay_dbs();
@@ -190,6 +191,13 @@ check_topic('after dropping db4', 'db2', 'db2-orders');
 check_topic('after dropping db4', 'db3', 'db3-orders');
 ok(!$node->log_contains(qr/terminated by signal|was terminated by exception/),
 	'no process crashed');
+# A relay restarted for the dropped database would fail every few seconds
+my $gone = qr/database "db4" does not exist/;
+my $fails = () = slurp_file($node->logfile, $drop_offset) =~ /$gone/g;
+sleep 5;
+my $fails_later = () = slurp_file($node->logfile, $drop_offset) =~ /$gone/g;
+is($fails_later, $fails, 'no relay keeps restarting for the dropped database');
+note "relay failures for the dropped db4 in the log: $fails_later";
 
 # 7. eventstore.database = 'db2': only db2 is served
 $node->append_conf('postgresql.conf', "eventstore.database = 'db2'\n");
@@ -245,6 +253,7 @@ if (ok($served eq 'db2' || $served eq 'db3',
 
 	# Dropping the served database frees the slot: the other one gets the relay
 	# and its backlog is delivered; the launcher stays
+	$drop_offset = -s $node->logfile;
 	($ret, $out, $err) = $node->psql('postgres', "DROP DATABASE $served WITH (FORCE)");
 	is($ret, 0, "max_relays = 1: DROP DATABASE $served WITH (FORCE) works");
 	diag $err if $ret;
@@ -253,6 +262,11 @@ if (ok($served eq 'db2' || $served eq 'db3',
 	check_topic('after the slot was freed', $unserved, "$unserved-orders");
 	ok($launcher ne '' && launcher_pid() eq $launcher,
 		'max_relays = 1: the launcher survived the drop');
+	$gone = qr/database "$served" does not exist/;
+	$fails = () = slurp_file($node->logfile, $drop_offset) =~ /$gone/g;
+	sleep 5;
+	$fails_later = () = slurp_file($node->logfile, $drop_offset) =~ /$gone/g;
+	is($fails_later, $fails, "max_relays = 1: no relay keeps restarting for the dropped $served");
 	ok(!$node->log_contains(qr/terminated by signal|was terminated by exception/),
 		'no process crashed');
 }
