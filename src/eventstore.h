@@ -207,6 +207,8 @@ extern bool EsLauncherTakeRescan(void);
 extern bool EsRelaySlotsFull(void);
 extern bool EsRelayTakeHorizonWanted(void);
 extern bool EsRelayTakeCheckExtension(void);
+extern bool EsRelayTakeLeave(void);
+extern bool EsAskRelayToLeave(Oid database);
 extern void EsWakeRelayToCheckExtension(void);
 extern void EsWakeRelay(bool revisit, uint32 sinks);
 extern uint32 EsRelayTakeSinks(void);
@@ -225,6 +227,7 @@ extern PGDLLEXPORT void eventstore_relay_main(Datum arg);
 /* launcher.c */
 extern void EsRegisterLauncher(void);
 extern bool EsDatabaseNameIsServed(const char *name);
+extern void EsMakeWayForDatabaseCommand(Node *parsetree);
 extern PGDLLEXPORT void eventstore_launcher_main(Datum arg);
 
 /* aggregate.c */

@@ -32,12 +32,15 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -57,6 +60,8 @@
 #define ES_LAUNCHER_NO_SLOT_SECS 10
 /* Seconds between two reads of pg_database */
 #define ES_LAUNCHER_SCAN_SECS 10
+/* How long a database command waits for the relay to leave, in milliseconds */
+#define ES_MAKE_WAY_MS 5000
 
 /* A database the launcher serves */
 typedef struct EsServedDb
@@ -302,6 +307,71 @@ EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 						db->name)));
 	db->not_before = TimestampTzPlusMilliseconds(now, 1000 * ES_LAUNCHER_NO_SLOT_SECS);
 	return false;
+}
+
+/*
+ * The database a command needs without other sessions: the template of
+ * CREATE DATABASE, the database of DROP DATABASE, ALTER DATABASE RENAME and
+ * ALTER DATABASE SET TABLESPACE; InvalidOid for any other command
+ */
+static Oid
+EsDatabaseOfCommand(Node *parsetree)
+{
+	const char *name = NULL;
+	List	   *options = NIL;
+	ListCell   *lc;
+
+	if (IsA(parsetree, CreatedbStmt))
+	{
+		foreach(lc, ((CreatedbStmt *) parsetree)->options)
+		{
+			DefElem    *opt = lfirst_node(DefElem, lc);
+
+			if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+				name = defGetString(opt);
+		}
+		if (name == NULL)
+			name = "template1";
+	}
+	else if (IsA(parsetree, DropdbStmt))
+		name = ((DropdbStmt *) parsetree)->dbname;
+	else if (IsA(parsetree, RenameStmt) &&
+			 ((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+		name = ((RenameStmt *) parsetree)->subname;
+	else if (IsA(parsetree, AlterDatabaseStmt))
+	{
+		options = ((AlterDatabaseStmt *) parsetree)->options;
+		foreach(lc, options)
+			if (strcmp(lfirst_node(DefElem, lc)->defname, "tablespace") == 0)
+				name = ((AlterDatabaseStmt *) parsetree)->dbname;
+	}
+	return name == NULL ? InvalidOid : get_database_oid(name, true);
+}
+
+/*
+ * Before a command that needs a database without other sessions (see
+ * EsDatabaseOfCommand): ask its relay to leave, and wait for it to be gone,
+ * at most ES_MAKE_WAY_MS.  The launcher starts the relay again after
+ * ES_LAUNCHER_RESTART_RELAY_SECS; it then waits in its connection for the
+ * lock the command holds on the database.
+ */
+void
+EsMakeWayForDatabaseCommand(Node *parsetree)
+{
+	Oid			database = EsDatabaseOfCommand(parsetree);
+	int			waited;
+
+	if (!OidIsValid(database) || !EsAskRelayToLeave(database))
+		return;
+	for (waited = 0; waited < ES_MAKE_WAY_MS; waited += 10)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (CountDBBackends(database) == 0)
+			break;
+	}
 }
 
 /* Before the launcher exits: backends no longer wake it */

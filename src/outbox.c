@@ -267,7 +267,10 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
  * when it enqueued nothing): which one held the horizon is not known here.
  * A committed CREATE EXTENSION eventstore, CREATE or ALTER DATABASE wakes
  * the launcher, which starts a relay where the extension now is; a DROP
- * EXTENSION wakes this database's relay, which ends if it was ours.
+ * EXTENSION wakes this database's relay, which ends if it was ours; an
+ * ALTER EXTENSION eventstore (UPDATE) has it publish the read horizon (the
+ * update to 0.6.0 creates its sequence).  A command that needs a database
+ * without sessions has that database's relay leave first.
  */
 static void
 EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -290,6 +293,10 @@ EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	else if (IsA(parsetree, DropStmt) &&
 			 ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
 		es_check_extension = true;
+	else if (IsA(parsetree, AlterExtensionStmt) &&
+			 strcmp(((AlterExtensionStmt *) parsetree)->extname, "eventstore") == 0)
+		EsWakePollersAtEnd();	/* the relay publishes the horizon, maybe first */
+	EsMakeWayForDatabaseCommand(parsetree);
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);

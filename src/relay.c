@@ -1189,6 +1189,14 @@ eventstore_relay_main(Datum arg)
 		/* Requeued or discarded dead letters */
 		if (EsRelayTakeRevisit())
 			EsRelayRevisitAll();
+		/* A command needs the database without sessions: leave it */
+		if (EsRelayTakeLeave())
+		{
+			ereport(LOG,
+					(errmsg("eventstore relay for database \"%s\" leaves it for a command that needs it without sessions",
+							es_relay_dbname)));
+			proc_exit(0);
+		}
 		/* An extension was dropped here: end if it was ours */
 		if (EsRelayTakeCheckExtension())
 		{

@@ -56,6 +56,7 @@ typedef struct EsRelaySlot
 	uint32		sinks;			/* bits (1 << sink) of the sinks committed rows are for */
 	bool		horizon_wanted; /* appends ended: publish the read horizon */
 	bool		check_extension;	/* an extension was dropped: is ours there? */
+	bool		leave;			/* a command needs the database without sessions */
 	bool		no_extension;	/* the relay found no extension and ended */
 	bool		ended;			/* the relay attached and ended since */
 	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
@@ -414,6 +415,44 @@ EsWakeRelayToCheckExtension(void)
 	SpinLockRelease(&es_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/* Whether the relay was asked to leave its database (and clear it) */
+bool
+EsRelayTakeLeave(void)
+{
+	bool		leave;
+
+	SpinLockAcquire(&es_shared->mutex);
+	leave = EsMySlot()->leave;
+	EsMySlot()->leave = false;
+	SpinLockRelease(&es_shared->mutex);
+	return leave;
+}
+
+/*
+ * Ask the relay of 'database' to leave it (a command needs the database
+ * without sessions); false when no relay is connected to it
+ */
+bool
+EsAskRelayToLeave(Oid database)
+{
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return false;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsDatabaseSlot(database);
+	if (slot != NULL && slot->latch != NULL)
+	{
+		slot->leave = true;
+		latch = slot->latch;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+	return latch != NULL;
 }
 
 /* How many messages the relay has in flight to a sink, for relay_status() */

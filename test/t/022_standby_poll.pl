@@ -1,4 +1,5 @@
-# A waiting poll on a hot standby.  The poll keeps its statement's snapshot
+# A waiting poll on a hot standby, and the standby's reads under a hostile
+# search_path.  The poll keeps its statement's snapshot
 # for the whole wait, so without hot_standby_feedback the primary's cleanup
 # (a VACUUM, HOT pruning) conflicts with it: replay stops behind that record
 # (the event waited for never arrives) and the poll is cancelled after
@@ -81,4 +82,41 @@ is($out, "order-1\n", 'and returns the event appended on the primary while it wa
 $primary->wait_for_catchup($standby);
 is($standby->safe_psql('postgres', q{SELECT stream_id FROM eventstore.poll('s', 10, '0')}),
 	'order-1', 'a poll without wait finds it too (nothing was acknowledged)');
+# The standby's reads run nothing of the caller's search_path: a role that
+# shadows pg_catalog's bigint comparisons and pg_sequence_last_value (each
+# shadow raises) gets the same answers as anyone
+$primary->safe_psql('postgres', q{
+	CREATE ROLE hostile LOGIN;
+	GRANT USAGE ON SCHEMA eventstore TO hostile;
+	GRANT SELECT ON ALL TABLES IN SCHEMA eventstore TO hostile;
+	GRANT EXECUTE ON FUNCTION eventstore.read_all(bigint, integer, text), eventstore.read_horizon(),
+		eventstore.poll(text, integer, interval, integer) TO hostile;
+	CREATE SCHEMA hostile AUTHORIZATION hostile;
+	SET ROLE hostile;
+	CREATE FUNCTION hostile.trap(a bigint, b bigint) RETURNS boolean LANGUAGE plpgsql AS
+		$$BEGIN RAISE EXCEPTION 'a shadow operator ran as %', current_user; END$$;
+	CREATE OPERATOR hostile.< (FUNCTION = hostile.trap, LEFTARG = bigint, RIGHTARG = bigint);
+	CREATE OPERATOR hostile.> (FUNCTION = hostile.trap, LEFTARG = bigint, RIGHTARG = bigint);
+	CREATE OPERATOR hostile.= (FUNCTION = hostile.trap, LEFTARG = bigint, RIGHTARG = bigint);
+	CREATE OPERATOR hostile.<= (FUNCTION = hostile.trap, LEFTARG = bigint, RIGHTARG = bigint);
+	CREATE OPERATOR hostile.>= (FUNCTION = hostile.trap, LEFTARG = bigint, RIGHTARG = bigint);
+	CREATE FUNCTION hostile.pg_sequence_last_value(regclass) RETURNS bigint LANGUAGE plpgsql AS
+		$$BEGIN RAISE EXCEPTION 'a shadow pg_sequence_last_value ran as %', current_user; END$$;
+});
+$primary->wait_for_catchup($standby);
+my $plain = $standby->safe_psql('postgres', q{
+	SELECT string_agg(global_position::text, ',') FROM eventstore.read_all(0, 10);
+	SELECT string_agg(stream_id, ',') FROM eventstore.poll('s', 10, '0');
+	SELECT eventstore.read_horizon();});
+my $shadowed = $standby->safe_psql('postgres', q{
+	SET ROLE hostile;
+	SET search_path = hostile, pg_catalog;
+	SELECT string_agg(global_position::text, ',') FROM eventstore.read_all(0, 10);
+	SELECT string_agg(stream_id, ',') FROM eventstore.poll('s', 10, '0');
+	SELECT eventstore.read_horizon();});
+is($shadowed, $plain, 'on the standby, shadowed operators and functions change nothing');
+($ret, $out, $err) = $standby->psql('postgres', q{SET ROLE hostile; SET search_path = hostile, pg_catalog;
+	SELECT 1::bigint < 2::bigint});
+like($err, qr/a shadow operator ran as hostile/, 'the shadows are really in the way');
+
 done_testing();
