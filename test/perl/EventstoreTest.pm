@@ -28,13 +28,23 @@ sub start_mock
 	my $mock = { in => '', out => '' };
 	my @cmd = ("$tools/mock_kafka", '--timeout', $opts{timeout} // 600);
 	push @cmd, '--brokers', $opts{brokers} if $opts{brokers};
+	$mock->{timer} = IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
 	$mock->{h} = IPC::Run::start(\@cmd, '<', \$mock->{in}, '>', \$mock->{out},
-		'2>', \my $err,
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+		'2>', \my $err, $mock->{timer});
 	$mock->{h}->pump until $mock->{out} =~ /^bootstrap=(\S+)\n/m;
 	$mock->{bootstrap} = $1;
 	$mock->{out} = '';
 	return $mock;
+}
+
+# Give the next exchange with the mock cluster a full timeout: the timer
+# runs from start_mock, and a test may run longer than one timeout.
+sub mock_timer_restart
+{
+	my ($mock) = @_;
+	$mock->{timer}->reset;
+	$mock->{timer}->start($PostgreSQL::Test::Utils::timeout_default);
+	return;
 }
 
 # Stop the mock cluster.
@@ -42,6 +52,7 @@ sub stop_mock
 {
 	my ($mock) = @_;
 	$mock->{in} .= "quit\n";
+	mock_timer_restart($mock);
 	$mock->{h}->finish;
 	return;
 }
@@ -51,6 +62,7 @@ sub mock_command
 {
 	my ($mock, $command) = @_;
 	$mock->{in} .= "$command\n";
+	mock_timer_restart($mock);
 	$mock->{h}->pump until $mock->{out} =~ /\n/;
 	my ($line) = $mock->{out} =~ /^(.*)\n/;
 	$mock->{out} = '';
