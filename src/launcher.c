@@ -73,6 +73,7 @@ typedef struct EsServedDb
 	BackgroundWorkerHandle *handle;
 	bool		absent;			/* its relay found no extension */
 	bool		recheck;		/* woken to look again since its relay started */
+	bool		no_slot;		/* its relay could not start for lack of a slot */
 	TimestampTz not_before; /* when its relay may start (again) */
 } EsServedDb;
 
@@ -217,11 +218,15 @@ EsLauncherAdopt(void)
 
 /*
  * Note the relays that ended, and free their slots: those this launcher
- * started through their handle, adopted ones through their slot
+ * started through their handle, adopted ones through their slot.  Databases
+ * that waited for a slot may start at once; true if a relay ended
+ * otherwise than for lack of the extension (its database may be gone).
  */
-static void
+static bool
 EsLauncherReap(TimestampTz now)
 {
+	bool		freed = false;
+	bool		unexpected = false;
 	int			i;
 
 	for (i = 0; i < es_ndbs; i++)
@@ -244,6 +249,7 @@ EsLauncherReap(TimestampTz now)
 			continue;
 		db->absent = EsFreeRelaySlot(db->slot);
 		db->slot = -1;
+		freed = true;
 		/* The extension may have been created after the relay looked */
 		if (db->absent && db->recheck)
 		{
@@ -254,10 +260,17 @@ EsLauncherReap(TimestampTz now)
 													 (db->absent ? ES_LAUNCHER_ABSENT_SECS :
 													  ES_LAUNCHER_RESTART_RELAY_SECS));
 		if (!db->absent)
+		{
+			unexpected = true;
 			ereport(LOG,
 					(errmsg("eventstore relay for database \"%s\" ended; it starts again in %d seconds",
 							db->name, ES_LAUNCHER_RESTART_RELAY_SECS)));
+		}
 	}
+	for (i = 0; freed && i < es_ndbs; i++)
+		if (es_dbs[i].no_slot)
+			es_dbs[i].not_before = now;
+	return unexpected;
 }
 
 /*
@@ -288,6 +301,7 @@ EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 		{
 			db->slot = slot;
 			db->recheck = false;
+			db->no_slot = false;
 			return true;
 		}
 		(void) EsFreeRelaySlot(slot);
@@ -302,9 +316,13 @@ EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 		warned = true;
 	}
 	else
+	{
+		/* Tried again as soon as a slot is freed (EsLauncherReap) */
+		db->no_slot = true;
 		ereport(DEBUG1,
 				(errmsg("eventstore launcher: every relay slot is taken, database \"%s\" waits",
 						db->name)));
+	}
 	db->not_before = TimestampTzPlusMilliseconds(now, 1000 * ES_LAUNCHER_NO_SLOT_SECS);
 	return false;
 }
@@ -417,7 +435,9 @@ eventstore_launcher_main(Datum arg)
 			if (es_dbs[i].slot < 0 && es_dbs[i].absent)
 				es_dbs[i].not_before = 0;
 		}
-		EsLauncherReap(now);
+		/* A relay that ended unexpectedly: is its database still there? */
+		if (EsLauncherReap(now))
+			rescan = true;
 		if (rescan || now >= next_scan)
 		{
 			EsLauncherScan();
