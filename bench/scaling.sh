@@ -16,6 +16,7 @@
 #    SCALING_CALLS calls (pgbench, one client, prepared), and the shared
 #    buffers its query touches (EXPLAIN (ANALYZE, BUFFERS) of read_all's
 #    own SELECT at random positions, median);
+#  - the B-tree levels of the position and the stream indexes (pageinspect);
 #  - load_aggregate of a stream of 100 events (no reducer): 100 streams
 #    `agg-N` appended one event at a time in turn, so that each stream's
 #    events lie on 100 different pages; median of SCALING_CALLS calls and
@@ -139,7 +140,8 @@ scaling_fill() {
 # (Re)create the small store: database scaling_small with $1 events
 scaling_small_store() {
 	local n=$1 streams
-	bench_psql -c 'DROP DATABASE IF EXISTS scaling_small' -c 'CREATE DATABASE scaling_small' >/dev/null
+	bench_psql -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS scaling_small' \
+		-c 'CREATE DATABASE scaling_small' >/dev/null
 	scaling_psql scaling_small -c 'CREATE EXTENSION eventstore' >/dev/null
 	scaling_prepare_db scaling_small
 	streams=$(( n / 10 ))
@@ -160,12 +162,12 @@ scaling_reads() {
 }
 
 bench_scaling() {
-	local target filled=0 per i b e n secs rate events heap idx streams per_m small
+	local target filled=0 per i b e n secs rate events heap idx streams per_m small levels
 	local -a steps
 	read -r -a steps <<<"$SCALING_STEPS"
 	small=${SCALING_SMALL:-$(( steps[0] / 10 ))}
 	bench_relay ''
-	bench_psql -c 'DROP DATABASE IF EXISTS scaling_small' >/dev/null
+	bench_psql -c 'CREATE EXTENSION IF NOT EXISTS pageinspect' >/dev/null
 	scaling_prepare_db postgres
 
 	bench_script scl_append <<'SQL'
@@ -180,9 +182,9 @@ SQL
 SELECT * FROM eventstore.load_aggregate('agg-' || :n);
 SQL
 
-	echo "| events | fill: events/s | append tps: big / small | table MB per M events | indexes MB per M | streams MB | read_all page ms: big / small | its buffers: big / small | load_aggregate 100 ms: big / small | its buffers: big / small |" \
+	echo "| events | fill: events/s | append tps: big / small | table MB per M events | indexes MB per M | streams MB | read_all page ms: big / small | its buffers: big / small | load_aggregate 100 ms: big / small | its buffers: big / small | B-tree levels: position / stream |" \
 		> "$work/scaling.md"
-	echo "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" >> "$work/scaling.md"
+	echo "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" >> "$work/scaling.md"
 	for target in "${steps[@]}"; do
 		per=$(( (target - filled) / SCALING_STREAMS ))
 		echo "  filling to $target events ($per per stream)" >&2
@@ -214,13 +216,15 @@ SQL
 		idx=$(bench_value "SELECT pg_indexes_size('eventstore.events')")
 		streams=$(bench_value "SELECT pg_total_relation_size('eventstore.streams')")
 		per_m=$(bench_div 1000000 "$events")
+		levels=$(bench_value "SELECT (SELECT level + 1 FROM bt_metap('eventstore.events_pkey')) || ' / ' ||
+			(SELECT level + 1 FROM bt_metap('eventstore.events_stream_id_stream_version_key'))")
 
 		# Reads: small store, then big
 		scaling_reads scaling_small
 		local s_read_ms=$read_ms s_read_buf=$read_buf s_load_ms=$load_ms s_load_buf=$load_buf
 		scaling_reads postgres
 
-		n="$(bench_fmt 1 "$(bench_div "$target" 1000000)")M"
+		n=$(awk -v t="$target" 'BEGIN { printf "%gM", t / 1000000 }')
 		bench_result "scaling, $n events: append 1 event (tps)" "$(bench_fmt 0 "$tps_es")" \
 			"$(bench_fmt 0 "$tps_base") small store" "$(bench_fmt 2 "$ratio")" "(report)" ""
 		bench_result "scaling, $n events: table / indexes (MB per M events)" \
@@ -232,16 +236,16 @@ SQL
 		bench_result "scaling, $n events: load_aggregate, 100 events (ms)" "$(bench_fmt 3 "$load_ms")" \
 			"$(bench_fmt 3 "$s_load_ms") small store" "$(bench_fmt 2 "$(bench_div "$s_load_ms" "$load_ms")")" \
 			"(report)" ""
-		printf '| %s | %s | %s / %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s |\n' \
+		printf '| %s | %s | %s / %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n' \
 			"$events" "$(bench_fmt 0 "$rate")" "$(bench_fmt 0 "$tps_es")" "$(bench_fmt 0 "$tps_base")" \
 			"$(bench_fmt 1 "$(bench_div "$heap * $per_m" 1048576)")" \
 			"$(bench_fmt 1 "$(bench_div "$idx * $per_m" 1048576)")" \
 			"$(bench_fmt 1 "$(bench_div "$streams" 1048576)")" \
 			"$(bench_fmt 3 "$read_ms")" "$(bench_fmt 3 "$s_read_ms")" "$read_buf" "$s_read_buf" \
-			"$(bench_fmt 3 "$load_ms")" "$(bench_fmt 3 "$s_load_ms")" "$load_buf" "$s_load_buf" \
+			"$(bench_fmt 3 "$load_ms")" "$(bench_fmt 3 "$s_load_ms")" "$load_buf" "$s_load_buf" "$levels" \
 			>> "$work/scaling.md"
 	done
-	bench_psql -c 'DROP DATABASE scaling_small' >/dev/null
+	bench_psql -c 'DROP DATABASE scaling_small' -c 'DROP EXTENSION pageinspect' >/dev/null
 	{
 		echo
 		echo "scaling: small store = $small events (+ 10,000 in agg-N + the append runs' events);"
