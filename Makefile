@@ -1,7 +1,7 @@
 # eventstore: PGXS build.  `make && make install`, then see README.md.
 
 EXTENSION = eventstore
-EXTVERSION = 0.5.0
+EXTVERSION = 0.6.0
 MODULE_big = eventstore
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 # The install script of every version, and the upgrade scripts between them

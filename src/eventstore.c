@@ -1,6 +1,7 @@
 /*
  * eventstore.c
- *		Module entry point: settings, shared memory and the relay worker.
+ *		Module entry point: settings, shared memory and the launcher of the
+ *		relay workers.
  */
 #include "postgres.h"
 
@@ -21,6 +22,7 @@ char	   *es_nats_url = NULL;
 char	   *es_nats_credentials = NULL;
 int			es_rabbitmq_unroutable = ES_UNROUTABLE_DEAD_LETTER;
 char	   *es_database = NULL;
+int			es_max_relays = 8;
 char	   *es_cloudevents_source = NULL;
 char	   *es_dead_letter_topic = NULL;
 int			es_relay_batch_size = 1000;
@@ -99,12 +101,19 @@ EsDefineSettings(void)
 							   "Topic dead letters are forwarded to (%s stands for the original topic); empty keeps them in eventstore.dead_letters.",
 							   NULL, &es_dead_letter_topic, "",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
-	/* A postmaster-level setting can only be defined while preloading */
+	/* Postmaster-level settings can only be defined while preloading */
 	if (process_shared_preload_libraries_in_progress)
+	{
 		DefineCustomStringVariable("eventstore.database",
-								   "Database whose outbox the relay serves. Needs a server restart.",
-								   NULL, &es_database, "postgres",
+								   "The one database whose outbox is relayed; empty: every database with the extension. Needs a server restart.",
+								   NULL, &es_database, "",
 								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+		DefineCustomIntVariable("eventstore.max_relays",
+								"Most relay workers (one per database with the extension). Needs a server restart.",
+								"Each relay also takes a background worker slot (max_worker_processes), and the launcher one more.",
+								&es_max_relays, 8, 1, 128,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	}
 	DefineCustomIntVariable("eventstore.relay_batch_size",
 							"Outbox rows the relay reads at a time, and acknowledged rows it deletes at a time.",
 							NULL, &es_relay_batch_size, 1000, 1, 100000,
@@ -152,7 +161,8 @@ EsDefineSettings(void)
 
 /*
  * Module load.  The settings exist in every process; shared memory and the
- * relay worker only when loaded through shared_preload_libraries.
+ * launcher (which starts the relays) only when loaded through
+ * shared_preload_libraries.
  */
 void
 _PG_init(void)
@@ -166,19 +176,27 @@ _PG_init(void)
 	EsShmemInit();
 	EsInstallUtilityHook();
 	RegisterResourceReleaseCallback(EsOutboxResourceRelease, NULL);
-	EsRegisterRelay();
+	EsRegisterLauncher();
 }
 
 PG_FUNCTION_INFO_V1(eventstore_library_0_5);
+PG_FUNCTION_INFO_V1(eventstore_library_0_6);
 
 /*
- * Found only in a library of 0.5.0 or later: the update script to 0.5.0
- * declares a function on it, so that an update in a server still running an
- * older library (preloaded before the new one was installed) fails instead
- * of pairing the new SQL objects with the old code
+ * Found only in a library of 0.5.0 (0.6.0) or later: the update script to
+ * that version declares a function on it, so that an update in a server
+ * still running an older library (preloaded before the new one was
+ * installed) fails instead of pairing the new SQL objects with the old code
  */
 Datum
 eventstore_library_0_5(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_VOID();
+}
+
+/* See eventstore_library_0_5 */
+Datum
+eventstore_library_0_6(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_VOID();
 }

@@ -70,6 +70,8 @@ extern int64 EsHorizon(EsSequence seq);
 extern int64 EsLastValue(EsSequence seq);
 extern Oid	EsLastSequenceRead(EsSequence seq);
 extern int64 EsSequenceLastValue(Oid seqoid, Oid reader);
+extern bool EsPublishHorizon(void);
+extern int	EsPublishIntervalMs(void);
 
 /* eventstore.c: settings */
 extern char *es_kafka_brokers;
@@ -79,6 +81,7 @@ extern char *es_nats_url;
 extern char *es_nats_credentials;
 extern int	es_rabbitmq_unroutable;
 extern char *es_database;
+extern int	es_max_relays;
 extern char *es_cloudevents_source;
 extern char *es_dead_letter_topic;
 extern int	es_relay_batch_size;
@@ -157,7 +160,8 @@ typedef enum EsRelayState
 	ES_RELAY_BACKING_OFF,
 	ES_RELAY_BROKER_DOWN,
 	ES_RELAY_ERROR,				/* a round failed with a database error */
-	ES_RELAY_NOT_SERVED			/* shown in a database the relay does not serve */
+	ES_RELAY_NOT_SERVED,		/* shown in a database no relay serves */
+	ES_RELAY_STANDBY			/* shown on a hot standby: relays run after promotion */
 } EsRelayState;
 
 /* The relay's sinks (Kafka, RabbitMQ, NATS: see sink.h) */
@@ -185,7 +189,18 @@ typedef struct EsRelayStats
 
 /* shmem.c */
 extern void EsShmemInit(void);
-extern void EsSetRelayLatch(Latch *latch);
+extern int	EsClaimRelaySlot(Oid database);
+extern bool EsFreeRelaySlot(int i);
+extern Oid	EsRelaySlotDatabase(int i, bool *ended);
+extern bool EsAttachRelaySlot(int i);
+extern void EsDetachRelaySlot(bool no_extension);
+extern void EsSetLauncherLatch(Latch *latch);
+extern void EsWakeLauncher(void);
+extern bool EsLauncherTakeRescan(void);
+extern bool EsRelaySlotsFull(void);
+extern bool EsRelayTakeHorizonWanted(void);
+extern bool EsRelayTakeCheckExtension(void);
+extern void EsWakeRelayToCheckExtension(void);
 extern void EsWakeRelay(bool revisit, uint32 sinks);
 extern uint32 EsRelayTakeSinks(void);
 extern bool EsRelayTakeRevisit(void);
@@ -198,8 +213,12 @@ extern void EsRelayAccount(int sink, int sent, int retries, int dead, const char
 extern bool EsRelayStatsCopy(int sink, EsRelayStats *copy);
 
 /* relay.c */
-extern void EsRegisterRelay(void);
 extern PGDLLEXPORT void eventstore_relay_main(Datum arg);
+
+/* launcher.c */
+extern void EsRegisterLauncher(void);
+extern bool EsDatabaseNameIsServed(const char *name);
+extern PGDLLEXPORT void eventstore_launcher_main(Datum arg);
 
 /* aggregate.c */
 extern int32 EsSnapshotRevision(const char *category);

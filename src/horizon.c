@@ -28,11 +28,30 @@
  * extension needs no shared_preload_libraries for this, entries vanish with
  * their transaction even on a crash, and pg_locks shows who holds the
  * horizon back (the view eventstore.horizon_holders).
+ *
+ * Hot standbys.  A standby has neither the primary's lock table nor its
+ * sequence's true last value (sequences are WAL-logged up to 32 values
+ * ahead), so there the horizon is one the primary published: its relay
+ * (one per database) computes the horizon as above after appends end, at
+ * most every ES_PUBLISH_INTERVAL_MS, and stores it with setval() in the
+ * sequence eventstore.events_published_horizon, then flushes the WAL.  The
+ * value was valid on the primary for every snapshot taken after it was
+ * computed, so for every snapshot that sees the setval: the commits of the
+ * transactions no longer in the lock table came before it in the WAL, and
+ * a standby replays the WAL in order.  A standby reader reads the value,
+ * then takes its snapshot, as on the primary.  Why not the snapshot's xmin
+ * alone: a transaction that took a position p and is still open has an
+ * xid at or above xmin, but so may one that took p + 1 and committed, and
+ * one below xmin may have taken its position after p; xids order neither
+ * the positions nor their commits (docs/reference.md).
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "commands/extension.h"
+#include "commands/sequence.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
@@ -55,6 +74,12 @@ static const struct
 	[ES_SEQ_EVENTS] = {"events_global_position_seq", 17745},
 	[ES_SEQ_OUTBOX] = {"outbox_id_seq", 17746},
 };
+
+/* The sequence the primary's relay publishes the events horizon in */
+#define ES_PUBLISHED_HORIZON_SEQ "events_published_horizon"
+
+/* The relay publishes the horizon at most this often (while appends end) */
+#define ES_PUBLISH_INTERVAL_MS 10
 
 /* The local transaction that already holds its horizon lock, per sequence */
 static LocalTransactionId horizon_lxid[lengthof(es_horizons)];
@@ -154,6 +179,86 @@ EsHoldHorizon(EsSequence seq)
 }
 
 /*
+ * On a hot standby: the events horizon the primary's relay published; an
+ * error if none was
+ */
+static int64
+EsPublishedHorizon(void)
+{
+	Oid			seqoid = get_relname_relid(ES_PUBLISHED_HORIZON_SEQ, EsSchemaOid());
+	int64		horizon;
+
+	if (!OidIsValid(seqoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the eventstore extension's SQL objects are older than its library"),
+				 errhint("Run ALTER EXTENSION eventstore UPDATE on the primary.")));
+	horizon = EsSequenceLastValue(seqoid, EsSchemaOwner());
+	if (horizon == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no read horizon has been published for this database"),
+				 errdetail("On a hot standby, read_all and poll read up to the horizon the primary's eventstore relay publishes."),
+				 errhint("Preload eventstore on the primary (shared_preload_libraries) and let a relay serve this database (eventstore.database).")));
+	return horizon;
+}
+
+/*
+ * The relay: publish the events horizon for hot standbys (see the file
+ * header), in a transaction of its own, if it moved up (the caller waits
+ * EsPublishIntervalMs() between two calls).  False when this database has
+ * no extension.
+ */
+bool
+EsPublishHorizon(void)
+{
+	static Oid	published_seq = InvalidOid;
+	static int64 published = 0;
+	Oid			seqoid;
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (!OidIsValid(get_extension_oid("eventstore", true)))
+	{
+		CommitTransactionCommand();
+		return false;
+	}
+	/* Older SQL objects have no such sequence: nothing to publish */
+	seqoid = get_relname_relid(ES_PUBLISHED_HORIZON_SEQ, EsSchemaOid());
+	if (OidIsValid(seqoid))
+	{
+		int64		horizon = EsHorizon(ES_SEQ_EVENTS);
+
+		if (seqoid != published_seq)
+		{
+			published = EsSequenceLastValue(seqoid, GetUserId());
+			published_seq = seqoid;
+		}
+		/* Valid horizons can go down a little: publish only a larger one */
+		if (horizon > published)
+		{
+			(void) DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seqoid),
+									   Int64GetDatum(horizon));
+			lsn = GetXLogInsertRecPtr();
+			published = horizon;
+		}
+	}
+	CommitTransactionCommand();
+	/* Standbys receive only flushed WAL */
+	if (!XLogRecPtrIsInvalid(lsn))
+		XLogFlush(lsn);
+	return true;
+}
+
+/* How often the relay publishes the horizon at most, in milliseconds */
+int
+EsPublishIntervalMs(void)
+{
+	return ES_PUBLISH_INTERVAL_MS;
+}
+
+/*
  * The sequence's horizon: every value below it that will ever commit is
  * visible to a snapshot taken after this returns.
  */
@@ -163,6 +268,9 @@ EsHorizon(EsSequence seq)
 	int64		horizon;
 	LockData   *locks;
 	int			i;
+
+	if (seq == ES_SEQ_EVENTS && RecoveryInProgress())
+		return EsPublishedHorizon();
 
 	/* First the sequence, then the lock table: see the file header */
 	horizon = EsLastValue(seq) + 1;

@@ -58,6 +58,12 @@ static int64 es_commit_bound = 0;
 /* Set when this transaction took the events horizon: wake waiting polls at its end */
 static bool es_wake_pollers = false;
 
+/* Set when it created the extension or a database: wake the launcher at commit */
+static bool es_wake_launcher = false;
+
+/* Set when it dropped an extension: the relay looks whether ours is gone, at its end */
+static bool es_check_extension = false;
+
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Raise an error unless 'topic' is a legal Kafka topic name */
@@ -203,8 +209,12 @@ EsOutboxXactCallback(XactEvent event, void *arg)
 			if (es_enqueued && es_commit_bound > 0)
 				EsNoteOutboxCommit(es_commit_bound);
 			es_enqueued = false;
+			if (es_wake_launcher)
+				EsWakeLauncher();
+			es_wake_launcher = false;
 			break;
 		case XACT_EVENT_PREPARE:
+			es_wake_launcher = false;
 			es_wake_at_end = false;
 			es_revisit_at_end = false;
 			es_wake_sinks = 0;
@@ -213,6 +223,7 @@ EsOutboxXactCallback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 			es_enqueued = false;
+			es_wake_launcher = false;
 			break;
 		default:
 			break;
@@ -230,6 +241,11 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
 {
 	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
 		return;
+	if (es_check_extension)
+	{
+		es_check_extension = false;
+		EsWakeRelayToCheckExtension();
+	}
 	if (es_wake_pollers)
 	{
 		es_wake_pollers = false;
@@ -249,6 +265,9 @@ EsOutboxResourceRelease(ResourceReleasePhase phase, bool isCommit,
  * prepared transaction's locks, so the relay is woken when the transaction
  * running them ends.  Any prepared transaction wakes it (one spare round
  * when it enqueued nothing): which one held the horizon is not known here.
+ * A committed CREATE EXTENSION eventstore, CREATE or ALTER DATABASE wakes
+ * the launcher, which starts a relay where the extension now is; a DROP
+ * EXTENSION wakes this database's relay, which ends if it was ours.
  */
 static void
 EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -264,6 +283,13 @@ EsProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		EsWakeRelayAtCommit(true);
 		EsWakePollersAtEnd();
 	}
+	else if ((IsA(parsetree, CreateExtensionStmt) &&
+			  strcmp(((CreateExtensionStmt *) parsetree)->extname, "eventstore") == 0) ||
+			 IsA(parsetree, CreatedbStmt) || IsA(parsetree, AlterDatabaseStmt))
+		es_wake_launcher = true;
+	else if (IsA(parsetree, DropStmt) &&
+			 ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+		es_check_extension = true;
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);
@@ -281,8 +307,9 @@ EsInstallUtilityHook(void)
 }
 
 /*
- * Whether the relay serves this database: true without a preloaded library
- * (eventstore.database is then not defined and there is no relay to ask)
+ * Whether a relay serves this database (eventstore.database is empty or
+ * names it): true without a preloaded library (eventstore.database is then
+ * not defined and there is no relay to ask)
  */
 bool
 EsDatabaseIsServed(void)
@@ -295,7 +322,7 @@ EsDatabaseIsServed(void)
 	{
 		char	   *here = get_database_name(MyDatabaseId);
 
-		served = here == NULL || strcmp(here, es_database) == 0;
+		served = here == NULL || EsDatabaseNameIsServed(here);
 	}
 	return served;
 }

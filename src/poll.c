@@ -20,9 +20,16 @@
  * holding meanwhile to keep its order; after eventstore.max_attempts it
  * becomes a dead letter and the partition moves on ('skip') or holds at it
  * until an operator requeues or discards it ('park').
+ *
+ * On a hot standby poll writes nothing: it returns the events after the
+ * partition's checkpoint (as replicated) and below the horizon the
+ * primary published (horizon.c), stops before an event the filter fails on
+ * (as in 'park' mode), and leaves requeued dead letters and the
+ * checkpoint's moves to polls on the primary.  Acknowledge there.
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -384,6 +391,7 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	int64		failures;
 	MemoryContext scan_cxt;
 	bool		scanned_any = false;
+	bool		standby = RecoveryInProgress();	/* read-only: see the file header */
 
 	EsReadPartition(sub, partition, &st);
 	if (st.next_attempt_at != 0 && st.next_attempt_at > GetCurrentTimestamp())
@@ -392,7 +400,7 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 		res.retry_at = st.next_attempt_at;
 		return res;
 	}
-	if (st.requeued)
+	if (st.requeued && !standby)
 	{
 		res.count = EsPollRequeued(sub, partition, st.checkpoint, max_count, rsinfo);
 		res.wrote = res.count > 0;
@@ -421,7 +429,7 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 		EsPrepareEvents(sub, partition, after, before, max_count - res.count, &r.pub);
 		res.count += r.stored;
 		scanned_any = scanned_any || r.stored > 0 || r.failed != NULL;
-		if (r.failed == NULL)
+		if (r.failed == NULL || standby)
 		{
 			MemoryContextSwitchTo(old);
 			break;
@@ -460,7 +468,7 @@ EsPollPartition(const EsSubscription *sub, int32 partition, int64 horizon,
 	 * Nothing matched up to the horizon: remember that, so that the next
 	 * poll does not read the same events again
 	 */
-	if (!scanned_any && res.count == 0 && before == horizon &&
+	if (!scanned_any && res.count == 0 && before == horizon && !standby &&
 		horizon - 1 - st.checkpoint >= ES_ADVANCE_GAP)
 	{
 		EsSetCheckpoint(sub, partition, horizon - 1, horizon - 1, false);

@@ -72,6 +72,8 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -94,8 +96,6 @@
 
 #include <math.h>
 
-/* Seconds before the postmaster restarts a relay that ended with an error */
-#define ES_RELAY_RESTART_SECS 2
 /* The longest acknowledged rows wait before they are recorded */
 #define ES_RECORD_DELAY_MS 10
 /* Failed reads of one row before that row is set aside as a dead letter */
@@ -103,22 +103,10 @@
 /* How often to purge the queue again once a delivery timed out */
 #define ES_PURGE_RECHECK_MS 10
 
-/* Register the relay worker; called from _PG_init in the postmaster */
-void
-EsRegisterRelay(void)
-{
-	BackgroundWorker worker;
+bool		es_relay_no_extension = false;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = ES_RELAY_RESTART_SECS;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "eventstore");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "eventstore_relay_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "eventstore relay");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "eventstore relay");
-	RegisterBackgroundWorker(&worker);
-}
+/* The name of the relay's database, for its messages */
+static char es_relay_dbname[NAMEDATALEN];
 
 /* One read of the outbox in the window, and how far it got */
 typedef struct EsBatch
@@ -235,7 +223,19 @@ static const char *es_round_step = "reading the outbox";
 static void
 EsRelayExit(int code, Datum arg)
 {
-	EsSetRelayLatch(NULL);
+	EsDetachRelaySlot(es_relay_no_extension);
+}
+
+/* End the worker if its database has no extension (dropped, or never created) */
+static void
+EsRelayEndWithoutExtension(void)
+{
+	if (!es_relay_no_extension)
+		return;
+	ereport(LOG,
+			(errmsg("eventstore relay for database \"%s\" ends: the database has no eventstore extension",
+					es_relay_dbname)));
+	proc_exit(0);
 }
 
 /*
@@ -1110,22 +1110,46 @@ EsRelayRevisitAll(void)
 		es_pipes[i].revisit = true;
 }
 
-/* The relay worker's entry point */
+/*
+ * The relay worker's entry point: 'arg' is the slot the launcher claimed
+ * for it, bgw_extra the OID of its database
+ */
 void
 eventstore_relay_main(Datum arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext error_cxt;
+	Oid			database;
+	/* static: they survive an ERROR (longjmp) */
+	static TimestampTz published_at = 0;
+	static bool publish = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(es_database, NULL, 0);
+	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	if (!EsAttachRelaySlot(DatumGetInt32(arg)))
+		ereport(FATAL,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("eventstore relay slot %d is not for database %u", DatumGetInt32(arg), database)));
+	before_shmem_exit(EsRelayExit, (Datum) 0);
 	EsRelaySessionSettings();
 	EsRelayInstallPlannerHook();
 
-	EsSetRelayLatch(MyLatch);
-	before_shmem_exit(EsRelayExit, (Datum) 0);
+	/* Nothing to do without the extension: the launcher tries again later */
+	StartTransactionCommand();
+	es_relay_no_extension = !OidIsValid(get_extension_oid("eventstore", true));
+	strlcpy(es_relay_dbname, get_database_name(MyDatabaseId), NAMEDATALEN);
+	CommitTransactionCommand();
+	if (es_relay_no_extension)
+	{
+		ereport(DEBUG1,
+				(errmsg("eventstore relay: database \"%s\" has no eventstore extension",
+						es_relay_dbname)));
+		proc_exit(0);
+	}
+
 	/* Runs first (callbacks run in reverse order): flush the sinks */
 	before_shmem_exit(EsRelaySinksAtExit, (Datum) 0);
 	es_relay_cxt = AllocSetContextCreate(TopMemoryContext, "eventstore relay",
@@ -1134,7 +1158,7 @@ eventstore_relay_main(Datum arg)
 									  ALLOCSET_DEFAULT_SIZES);
 	EsRelayPipesInit();
 	ereport(LOG,
-			(errmsg("eventstore relay started for database \"%s\"", es_database)));
+			(errmsg("eventstore relay started for database \"%s\"", es_relay_dbname)));
 
 	/* An ERROR comes back here: see EsRelayRecover */
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
@@ -1157,6 +1181,33 @@ eventstore_relay_main(Datum arg)
 		/* Requeued or discarded dead letters */
 		if (EsRelayTakeRevisit())
 			EsRelayRevisitAll();
+		/* An extension was dropped here: end if it was ours */
+		if (EsRelayTakeCheckExtension())
+		{
+			StartTransactionCommand();
+			es_relay_no_extension = !OidIsValid(get_extension_oid("eventstore", true));
+			CommitTransactionCommand();
+			EsRelayEndWithoutExtension();
+		}
+
+		/* Appends ended: publish the read horizon for hot standbys */
+		publish = EsRelayTakeHorizonWanted() || publish;
+		if (publish)
+		{
+			TimestampTz due = TimestampTzPlusMilliseconds(published_at,
+														  EsPublishIntervalMs());
+
+			if (GetCurrentTimestamp() >= due)
+			{
+				es_round_step = "publishing the read horizon";
+				es_relay_no_extension = !EsPublishHorizon();
+				EsRelayEndWithoutExtension();
+				published_at = GetCurrentTimestamp();
+				publish = false;
+			}
+			else
+				wake = due;
+		}
 
 		for (i = 0; i < ES_NUM_SINKS; i++)
 		{
@@ -1175,6 +1226,7 @@ eventstore_relay_main(Datum arg)
 			p->retry_at = 0;
 			wake = EsEarlier(wake, EsRelayTurn(p));
 			es_current = NULL;
+			EsRelayEndWithoutExtension();
 		}
 		EsRelaySleep(wake);
 	}

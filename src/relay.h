@@ -42,6 +42,9 @@ typedef struct EsOutcome
 	char	   *dead_letter_topic;	/* eventstore.dead_letter_topic as it was */
 } EsOutcome;
 
+/* relay.c: set when the relay found its database without the extension */
+extern bool es_relay_no_extension;
+
 /* relay_outbox.c */
 extern int	EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msgs,
 						 long *wait_ms, TimestampTz *retry_due, bool *retries);

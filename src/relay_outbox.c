@@ -18,6 +18,8 @@
  */
 #include "postgres.h"
 
+#include "commands/dbcommands.h"
+
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -35,9 +37,6 @@
 
 #include "eventstore.h"
 #include "relay.h"
-
-/* How long to wait for CREATE EXTENSION in eventstore.database */
-#define ES_NO_EXTENSION_MS 10000
 
 /*
  * Plans that read the outbox's primary key in id order and reach every
@@ -258,7 +257,8 @@ EsOutboxHeaders(Jsonb *headers, int64 id, EsHeader **out)
  * up: *retry_due is set to when the next is due (0: none in the future) and
  * *retries to whether any is scheduled; and when fewer than 'limit' were
  * found, *wait_ms says how soon to look again (committed rows held back by
- * an open transaction, or no extension).
+ * an open transaction).  Without the extension (dropped) it sets
+ * es_relay_no_extension and finds nothing: the relay then ends.
  */
 /*
  * The rows of sink $6 ready to be read after id $4 (below the horizon $1,
@@ -309,7 +309,7 @@ EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msg
 	*outbox = InvalidOid;
 	if (!OidIsValid(get_extension_oid("eventstore", true)))
 	{
-		*wait_ms = ES_NO_EXTENSION_MS;
+		es_relay_no_extension = true;
 		SPI_finish();
 		CommitTransactionCommand();
 		return 0;
@@ -321,7 +321,7 @@ EsRelayFetch(EsSinkId sink, Oid *outbox, int64 after, int limit, EsMessage **msg
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the eventstore extension's SQL objects are older than its library"),
 				 errhint("Run ALTER EXTENSION eventstore UPDATE in database \"%s\"; the outbox is relayed after that.",
-						 es_database)));
+						 get_database_name(MyDatabaseId))));
 	to_utf8 = EsUtf8Conversion();
 
 	EsPinPlans();

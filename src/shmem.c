@@ -1,16 +1,25 @@
 /*
  * shmem.c
- *		The extension's shared memory: where backends find the relay worker's
- *		latch to wake it when they commit messages, the times of those
- *		commits (the relay's latencies start there), and the condition
- *		variable that subscriptions' poll() waits on for new events.
+ *		The extension's shared memory: a slot per relay worker (one per
+ *		database it serves), where backends find that relay's latch to wake
+ *		it when they commit messages or appends, and where it keeps the
+ *		statistics relay_status() shows; the launcher's latch; the times of
+ *		outbox commits (the relay's latencies start there); and the
+ *		condition variable that subscriptions' poll() waits on for new
+ *		events.
  *
  * It exists only when the library is in shared_preload_libraries; without
  * it there is no relay to wake, EsWakeRelay() does nothing and a waiting
  * poll() looks again every ES_POLL_RECHECK_MS instead.
+ *
+ * Slots: the launcher claims a free slot for a database before it starts
+ * that database's relay (EsClaimRelaySlot) and frees it once the relay
+ * ended; the relay attaches to it (EsAttachRelaySlot).  Backends look their
+ * database's slot up by its OID.  There are eventstore.max_relays slots.
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
@@ -34,31 +43,55 @@ typedef struct EsCommitMark
 	TimestampTz at;
 } EsCommitMark;
 
-/* The latest commits of outbox messages the relay looks up */
+/* The latest commits of outbox messages the relays look up */
 #define ES_COMMIT_MARKS 1024
 
-/* What backends share with the relay worker */
+/* A relay's slot: the database it serves, and what it shares with backends */
+typedef struct EsRelaySlot
+{
+	Oid			database;		/* InvalidOid: the slot is free */
+	Latch	   *latch;			/* the relay's latch, NULL until it runs */
+	bool		revisit;		/* rows it passed may be ready: look again */
+	uint32		sinks;			/* bits (1 << sink) of the sinks committed rows are for */
+	bool		horizon_wanted; /* appends ended: publish the read horizon */
+	bool		check_extension;	/* an extension was dropped: is ours there? */
+	bool		no_extension;	/* the relay found no extension and ended */
+	bool		ended;			/* the relay attached and ended since */
+	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
+} EsRelaySlot;
+
+/* What backends share with the launcher and the relays */
 typedef struct EsShared
 {
 	slock_t		mutex;
-	Latch	   *relay_latch;	/* the relay's latch, NULL while none runs */
-	bool		relay_revisit;	/* rows it passed may be ready: look again */
-	uint32		relay_sinks;	/* bits (1 << sink) of the sinks committed rows are for */
-	EsRelayStats stats[ES_RELAY_SINKS]; /* what relay_status() shows, per sink */
+	Latch	   *launcher_latch; /* NULL while no launcher runs */
+	bool		launcher_rescan;	/* a database may have got the extension */
 	ConditionVariable events_cv;	/* broadcast when appends end */
 	uint64		commits_written;	/* marks written since startup */
 	EsCommitMark commits[ES_COMMIT_MARKS];	/* a ring of the latest */
+	EsRelaySlot slots[FLEXIBLE_ARRAY_MEMBER];	/* eventstore.max_relays */
 } EsShared;
 
-/* How often a waiting poll() looks again without shared memory */
+/* How often a waiting poll() looks again without wake-ups */
 #define ES_POLL_RECHECK_MS 20
 
 static EsShared *es_shared = NULL;
+
+/* The slot this process's relay attached to, -1 if it is no relay */
+static int	es_my_slot = -1;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* The size of our shared memory */
+static Size
+EsShmemSize(void)
+{
+	return add_size(offsetof(EsShared, slots),
+					mul_size(es_max_relays, sizeof(EsRelaySlot)));
+}
 
 #if PG_VERSION_NUM >= 150000
 /* Ask for our shared memory (PostgreSQL 15 and later) */
@@ -67,7 +100,7 @@ EsShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(EsShared)));
+	RequestAddinShmemSpace(EsShmemSize());
 }
 #endif
 
@@ -81,15 +114,11 @@ EsShmemStartup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	es_shared = ShmemInitStruct("eventstore", sizeof(EsShared), &found);
+	es_shared = ShmemInitStruct("eventstore", EsShmemSize(), &found);
 	if (!found)
 	{
+		memset(es_shared, 0, EsShmemSize());
 		SpinLockInit(&es_shared->mutex);
-		es_shared->relay_latch = NULL;
-		es_shared->relay_revisit = false;
-		es_shared->relay_sinks = 0;
-		es_shared->commits_written = 0;
-		memset(es_shared->stats, 0, sizeof(es_shared->stats));
 		ConditionVariableInit(&es_shared->events_cv);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -103,34 +132,204 @@ EsShmemInit(void)
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = EsShmemRequest;
 #else
-	RequestAddinShmemSpace(MAXALIGN(sizeof(EsShared)));
+	RequestAddinShmemSpace(EsShmemSize());
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = EsShmemStartup;
 }
 
-/*
- * Publish the relay worker's latch and reset its statistics (latch set), or
- * withdraw them as it exits (NULL).
- */
-void
-EsSetRelayLatch(Latch *latch)
+/* This database's relay slot, NULL if none (mutex held) */
+static EsRelaySlot *
+EsDatabaseSlot(Oid database)
 {
 	int			i;
+
+	for (i = 0; i < es_max_relays; i++)
+		if (es_shared->slots[i].database == database)
+			return &es_shared->slots[i];
+	return NULL;
+}
+
+/* This relay's slot (mutex held by the caller or not needed) */
+static EsRelaySlot *
+EsMySlot(void)
+{
+	Assert(es_my_slot >= 0);
+	return &es_shared->slots[es_my_slot];
+}
+
+/*
+ * The launcher: claim a free slot for 'database' (its relay is about to
+ * start); -1 when every slot is taken
+ */
+int
+EsClaimRelaySlot(Oid database)
+{
+	int			i;
+	int			claimed = -1;
+
+	if (es_shared == NULL)
+		return -1;
+	SpinLockAcquire(&es_shared->mutex);
+	for (i = 0; i < es_max_relays && claimed < 0; i++)
+	{
+		EsRelaySlot *slot = &es_shared->slots[i];
+
+		if (OidIsValid(slot->database))
+			continue;
+		memset(slot, 0, sizeof(EsRelaySlot));
+		slot->database = database;
+		claimed = i;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	return claimed;
+}
+
+/*
+ * The launcher: free slot 'i' once its relay ended; true if that relay
+ * ended because its database has no extension
+ */
+bool
+EsFreeRelaySlot(int i)
+{
+	bool		no_extension;
+
+	SpinLockAcquire(&es_shared->mutex);
+	no_extension = es_shared->slots[i].no_extension;
+	memset(&es_shared->slots[i], 0, sizeof(EsRelaySlot));
+	SpinLockRelease(&es_shared->mutex);
+	return no_extension;
+}
+
+/*
+ * The launcher, as it starts: the database slot 'i' is claimed for
+ * (InvalidOid: free), and whether its relay ended
+ */
+Oid
+EsRelaySlotDatabase(int i, bool *ended)
+{
+	Oid			database;
+
+	SpinLockAcquire(&es_shared->mutex);
+	database = es_shared->slots[i].database;
+	*ended = es_shared->slots[i].ended;
+	SpinLockRelease(&es_shared->mutex);
+	return database;
+}
+
+/*
+ * A relay: attach to slot 'i' the launcher claimed for this database, and
+ * publish our latch; false if the slot is not this database's
+ */
+bool
+EsAttachRelaySlot(int i)
+{
+	EsRelaySlot *slot;
+	int			s;
+	bool		ok;
+
+	if (es_shared == NULL || i < 0 || i >= es_max_relays)
+		return false;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = &es_shared->slots[i];
+	ok = slot->database == MyDatabaseId && slot->latch == NULL;
+	if (ok)
+	{
+		slot->latch = MyLatch;
+		memset(slot->stats, 0, sizeof(slot->stats));
+		for (s = 0; s < ES_RELAY_SINKS; s++)
+			slot->stats[s].pid = MyProcPid;
+		/* Publish the horizon at once, for hot standbys */
+		slot->horizon_wanted = true;
+		es_my_slot = i;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	return ok;
+}
+
+/*
+ * A relay, as it exits: withdraw its latch; with 'no_extension', tell the
+ * launcher it ended because the database has no extension
+ */
+void
+EsDetachRelaySlot(bool no_extension)
+{
+	EsRelaySlot *slot;
+	int			s;
+
+	if (es_shared == NULL || es_my_slot < 0)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsMySlot();
+	slot->latch = NULL;
+	slot->no_extension = no_extension;
+	slot->ended = true;
+	for (s = 0; s < ES_RELAY_SINKS; s++)
+	{
+		slot->stats[s].pid = 0;
+		slot->stats[s].state = ES_RELAY_STOPPED;
+	}
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/* The launcher publishes its latch (NULL as it exits) */
+void
+EsSetLauncherLatch(Latch *latch)
+{
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	es_shared->launcher_latch = latch;
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/*
+ * Wake the launcher to look for databases again (one may have got the
+ * extension).  Called from a commit callback: must not raise an error.
+ */
+void
+EsWakeLauncher(void)
+{
+	Latch	   *latch;
 
 	if (es_shared == NULL)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
-	es_shared->relay_latch = latch;
-	if (latch != NULL)
-		memset(es_shared->stats, 0, sizeof(es_shared->stats));
-	for (i = 0; i < ES_RELAY_SINKS; i++)
-	{
-		es_shared->stats[i].pid = latch != NULL ? MyProcPid : 0;
-		if (latch == NULL)
-			es_shared->stats[i].state = ES_RELAY_STOPPED;
-	}
+	es_shared->launcher_rescan = true;
+	latch = es_shared->launcher_latch;
 	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* The launcher: whether it was asked to look again (and clear it) */
+bool
+EsLauncherTakeRescan(void)
+{
+	bool		rescan;
+
+	SpinLockAcquire(&es_shared->mutex);
+	rescan = es_shared->launcher_rescan;
+	es_shared->launcher_rescan = false;
+	SpinLockRelease(&es_shared->mutex);
+	return rescan;
+}
+
+/* Whether every relay slot is taken by another database than this one */
+bool
+EsRelaySlotsFull(void)
+{
+	int			i;
+	bool		full = true;
+
+	if (es_shared == NULL)
+		return false;
+	SpinLockAcquire(&es_shared->mutex);
+	for (i = 0; i < es_max_relays && full; i++)
+		full = OidIsValid(es_shared->slots[i].database) &&
+			es_shared->slots[i].database != MyDatabaseId;
+	SpinLockRelease(&es_shared->mutex);
+	return full;
 }
 
 /* Whether the relay was asked to read passed rows again (and clear it) */
@@ -139,11 +338,9 @@ EsRelayTakeRevisit(void)
 {
 	bool		revisit;
 
-	if (es_shared == NULL)
-		return false;
 	SpinLockAcquire(&es_shared->mutex);
-	revisit = es_shared->relay_revisit;
-	es_shared->relay_revisit = false;
+	revisit = EsMySlot()->revisit;
+	EsMySlot()->revisit = false;
 	SpinLockRelease(&es_shared->mutex);
 	return revisit;
 }
@@ -154,23 +351,69 @@ EsRelayTakeSinks(void)
 {
 	uint32		sinks;
 
-	if (es_shared == NULL)
-		return 0;
 	SpinLockAcquire(&es_shared->mutex);
-	sinks = es_shared->relay_sinks;
-	es_shared->relay_sinks = 0;
+	sinks = EsMySlot()->sinks;
+	EsMySlot()->sinks = 0;
 	SpinLockRelease(&es_shared->mutex);
 	return sinks;
+}
+
+/* Whether appends ended since the relay last published the horizon (and clear it) */
+bool
+EsRelayTakeHorizonWanted(void)
+{
+	bool		wanted;
+
+	SpinLockAcquire(&es_shared->mutex);
+	wanted = EsMySlot()->horizon_wanted;
+	EsMySlot()->horizon_wanted = false;
+	SpinLockRelease(&es_shared->mutex);
+	return wanted;
+}
+
+/* Whether an extension was dropped in the relay's database (and clear it) */
+bool
+EsRelayTakeCheckExtension(void)
+{
+	bool		check;
+
+	SpinLockAcquire(&es_shared->mutex);
+	check = EsMySlot()->check_extension;
+	EsMySlot()->check_extension = false;
+	SpinLockRelease(&es_shared->mutex);
+	return check;
+}
+
+/*
+ * Wake this database's relay to look whether the extension is still there
+ * (a DROP EXTENSION ended).  Must not raise an error.
+ */
+void
+EsWakeRelayToCheckExtension(void)
+{
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsDatabaseSlot(MyDatabaseId);
+	if (slot != NULL)
+	{
+		slot->check_extension = true;
+		latch = slot->latch;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /* How many messages the relay has in flight to a sink, for relay_status() */
 void
 EsRelaySetInFlight(int sink, int in_flight)
 {
-	if (es_shared == NULL)
-		return;
 	SpinLockAcquire(&es_shared->mutex);
-	es_shared->stats[sink].in_flight = in_flight;
+	EsMySlot()->stats[sink].in_flight = in_flight;
 	SpinLockRelease(&es_shared->mutex);
 }
 
@@ -239,10 +482,8 @@ EsOutboxCommitTimes(const int64 *ids, int n, TimestampTz *out)
 void
 EsRelaySetState(int sink, EsRelayState state)
 {
-	if (es_shared == NULL)
-		return;
 	SpinLockAcquire(&es_shared->mutex);
-	es_shared->stats[sink].state = state;
+	EsMySlot()->stats[sink].state = state;
 	SpinLockRelease(&es_shared->mutex);
 }
 
@@ -258,9 +499,7 @@ EsRelayAccount(int sink, int sent, int retries, int dead, const char *error,
 	TimestampTz now = GetCurrentTimestamp();
 	int			i;
 
-	if (es_shared == NULL)
-		return;
-	st = &es_shared->stats[sink];
+	st = &EsMySlot()->stats[sink];
 	SpinLockAcquire(&es_shared->mutex);
 	st->sent_total += sent;
 	st->retries_total += retries;
@@ -281,62 +520,93 @@ EsRelayAccount(int sink, int sent, int retries, int dead, const char *error,
 	SpinLockRelease(&es_shared->mutex);
 }
 
-/* A copy of the relay's statistics for a sink; false without shared memory */
+/*
+ * A copy of this database's relay's statistics for a sink (state "stopped"
+ * and zeros when no relay serves it); false without shared memory
+ */
 bool
 EsRelayStatsCopy(int sink, EsRelayStats *copy)
 {
+	EsRelaySlot *slot;
+
 	if (es_shared == NULL)
 		return false;
 	SpinLockAcquire(&es_shared->mutex);
-	memcpy(copy, &es_shared->stats[sink], sizeof(EsRelayStats));
+	slot = EsDatabaseSlot(MyDatabaseId);
+	if (slot != NULL)
+		memcpy(copy, &slot->stats[sink], sizeof(EsRelayStats));
+	else
+		memset(copy, 0, sizeof(EsRelayStats));
 	SpinLockRelease(&es_shared->mutex);
 	return true;
 }
 
 /*
- * Wake the relay worker if one runs, for the sinks of 'sinks' (bits 1 <<
- * sink; 0: every sink); with 'revisit', it also reads again outbox rows it
- * has passed (dead letters of a parked key were requeued or discarded).
+ * Wake this database's relay if one runs, for the sinks of 'sinks' (bits 1
+ * << sink; 0: every sink); with 'revisit', it also reads again outbox rows
+ * it has passed (dead letters of a parked key were requeued or discarded).
  * Called from a commit callback: it must not raise an error, and SetLatch()
  * does not.
  */
 void
 EsWakeRelay(bool revisit, uint32 sinks)
 {
-	Latch	   *latch;
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
 
 	if (es_shared == NULL)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
-	latch = es_shared->relay_latch;
-	if (revisit)
-		es_shared->relay_revisit = true;
-	es_shared->relay_sinks |= sinks != 0 ? sinks : ~(uint32) 0;
+	slot = EsDatabaseSlot(MyDatabaseId);
+	if (slot != NULL)
+	{
+		latch = slot->latch;
+		if (revisit)
+			slot->revisit = true;
+		slot->sinks |= sinks != 0 ? sinks : ~(uint32) 0;
+	}
 	SpinLockRelease(&es_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
 }
 
 /*
- * Wake every poll() waiting for events.  Called after a transaction that
- * appended released its locks (so its horizon lock no longer holds anything
- * back); like EsWakeRelay it must not raise an error.
+ * Wake every poll() waiting for events, and this database's relay to
+ * publish the read horizon for hot standbys (once until it did).  Called
+ * after a transaction that appended released its locks (so its horizon
+ * lock no longer holds anything back); like EsWakeRelay it must not raise
+ * an error.
  */
 void
 EsWakePollers(void)
 {
-	if (es_shared != NULL)
-		ConditionVariableBroadcast(&es_shared->events_cv);
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return;
+	ConditionVariableBroadcast(&es_shared->events_cv);
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsDatabaseSlot(MyDatabaseId);
+	if (slot != NULL && !slot->horizon_wanted)
+	{
+		slot->horizon_wanted = true;
+		latch = slot->latch;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /*
  * Before looking for events: from now on, a transaction that ends with
- * appends wakes the next EsWaitForEvents().  False without shared memory.
+ * appends wakes the next EsWaitForEvents().  False without shared memory,
+ * and on a hot standby (the primary's appends wake nothing here).
  */
 bool
 EsPrepareToWaitForEvents(void)
 {
-	if (es_shared == NULL)
+	if (es_shared == NULL || RecoveryInProgress())
 		return false;
 	ConditionVariablePrepareToSleep(&es_shared->events_cv);
 	return true;
@@ -344,13 +614,13 @@ EsPrepareToWaitForEvents(void)
 
 /*
  * Sleep until a transaction with appends ends (or anything else sets our
- * latch), at most 'timeout_ms'; without shared memory at most
- * ES_POLL_RECHECK_MS.  Interrupts are served.
+ * latch), at most 'timeout_ms'; without shared memory, and on a hot
+ * standby, at most ES_POLL_RECHECK_MS.  Interrupts are served.
  */
 void
 EsWaitForEvents(long timeout_ms)
 {
-	if (es_shared != NULL)
+	if (es_shared != NULL && !RecoveryInProgress())
 	{
 		(void) ConditionVariableTimedSleep(&es_shared->events_cv, timeout_ms,
 										   PG_WAIT_EXTENSION);
@@ -366,6 +636,6 @@ EsWaitForEvents(long timeout_ms)
 void
 EsStopWaitingForEvents(void)
 {
-	if (es_shared != NULL)
+	if (es_shared != NULL && !RecoveryInProgress())
 		ConditionVariableCancelSleep();
 }

@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -27,6 +28,7 @@ static const char *const es_state_names[] = {
 	[ES_RELAY_BROKER_DOWN] = "broker_down",
 	[ES_RELAY_ERROR] = "error",
 	[ES_RELAY_NOT_SERVED] = "not_served",
+	[ES_RELAY_STANDBY] = "standby",
 };
 
 /* qsort comparator for latencies */
@@ -98,11 +100,20 @@ EsSinkStatusRow(TupleDesc tupdesc, EsSinkId sink, int64 pending, Interval *age)
 	/* Without shared_preload_libraries there is no relay at all */
 	if (!have_shmem)
 		st->state = ES_RELAY_DISABLED;
-	else if (!EsDatabaseIsServed())
+	else if (RecoveryInProgress())
 	{
-		/* The relay's figures are another database's: show none of them */
+		/* A hot standby: the launcher starts relays after a promotion */
 		memset(st, 0, sizeof(EsRelayStats));
+		st->state = ES_RELAY_STANDBY;
+	}
+	else if (!EsDatabaseIsServed())
 		st->state = ES_RELAY_NOT_SERVED;
+	else if (st->pid == 0 && EsRelaySlotsFull())
+	{
+		st->state = ES_RELAY_NOT_SERVED;
+		snprintf(st->last_error, sizeof(st->last_error),
+				 "every relay slot is taken by another database (eventstore.max_relays = %d)",
+				 es_max_relays);
 	}
 	values[0] = CStringGetTextDatum(EsSinkName(sink));
 	values[1] = Int32GetDatum(st->pid);

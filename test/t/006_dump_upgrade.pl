@@ -1,7 +1,7 @@
 # Backup and upgrades.  A pg_dump of a database with the extension restores
 # into one where appends, read_all positions, outbox ids and subscriptions'
 # checkpoints go on from where they were, with no manual setval.  ALTER
-# EXTENSION eventstore UPDATE from 0.1.0, 0.2.0, 0.3.0 and 0.4.0 keeps data,
+# EXTENSION eventstore UPDATE from 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 keeps data,
 # positions, routes and outbox rows, and leaves the same objects as a fresh
 # install of the current version.
 use strict;
@@ -67,22 +67,23 @@ is($node->safe_psql('dst', q{SELECT string_agg(stream_id || ':' || stream_versio
 	FROM eventstore.poll('orders', 10)}), 'order-1:2,order-1:3,order-2:1',
 	'a restored subscription goes on after its checkpoint');
 
-# 2. Update from 0.1.0, 0.2.0, 0.3.0 and 0.4.0.  The history is written
+# 2. Update from 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0.  The history is written
 # with the new library on the old schema (as between an install and ALTER
 # EXTENSION UPDATE): the old signatures of publish() and add_route() work.
 $node->safe_psql('postgres', 'CREATE ROLE status_reader');
-for my $from ('0.1.0', '0.2.0', '0.3.0', '0.4.0')
+for my $from ('0.1.0', '0.2.0', '0.3.0', '0.4.0', '0.5.0')
 {
 	my $db = 'old_' . ($from =~ tr/./_/r);
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
 	$node->safe_psql($db, qq{CREATE EXTENSION eventstore VERSION '$from'});
 	write_history($db);
+	my $publish = $from eq '0.5.0' ? 'publish(text, text, jsonb, jsonb, text)' : 'publish(text, text, jsonb, jsonb)';
 	$node->safe_psql($db, 'GRANT USAGE ON SCHEMA eventstore TO status_reader;'
 		  . ' GRANT EXECUTE ON FUNCTION eventstore.relay_status() TO status_reader;'
-		  . ' GRANT EXECUTE ON FUNCTION eventstore.publish(text, text, jsonb, jsonb) TO status_reader WITH GRANT OPTION');
+		  . " GRANT EXECUTE ON FUNCTION eventstore.$publish TO status_reader WITH GRANT OPTION");
 	$node->safe_psql($db, 'ALTER EXTENSION eventstore UPDATE');
 	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'eventstore'}),
-		'0.5.0', "updated from $from to 0.5.0");
+		'0.6.0', "updated from $from to 0.6.0");
 	is($node->safe_psql($db, q{SET ROLE status_reader; SELECT sink || ' ' || (in_flight >= 0) FROM eventstore.relay_status()}),
 		'kafka true', "$from: relay_status() has sink and in_flight, and its grant was kept");
 	is($node->safe_psql($db, q{SELECT has_function_privilege('status_reader',
@@ -155,8 +156,10 @@ $node->safe_psql('fresh', 'CREATE EXTENSION eventstore');
 my $fresh = $node->safe_psql('fresh', $catalog);
 cmp_ok(scalar(split /\n/, $fresh), '>', 50, 'the catalog listing covers the schema');
 like($fresh, qr/relation eventstore\.subscription_partitions/, 'the listing covers the subscriptions');
-is($node->safe_psql("old_$_", $catalog), $fresh, "updated from $_: the schema equals a fresh install of 0.5.0")
-  for ('0_1_0', '0_2_0', '0_3_0', '0_4_0');
+is($node->safe_psql("old_$_", $catalog), $fresh, "updated from $_: the schema equals a fresh install of 0.6.0")
+  for ('0_1_0', '0_2_0', '0_3_0', '0_4_0', '0_5_0');
+like($fresh, qr/relation eventstore\.events_published_horizon S/, 'the published horizon is a sequence');
+unlike($fresh, qr/dumped eventstore\.events_published_horizon/, 'and is not dumped');
 like($fresh, qr/dumped eventstore\.events_global_position_seq/, 'the position sequence is dumped');
 
 $node->stop;
