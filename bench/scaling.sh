@@ -140,7 +140,7 @@ scaling_fill() {
 # (Re)create the small store: database scaling_small with $1 events
 scaling_small_store() {
 	local n=$1 streams
-	bench_psql -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS scaling_small' \
+	bench_psql -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS scaling_small WITH (FORCE)' \
 		-c 'CREATE DATABASE scaling_small' >/dev/null
 	scaling_psql scaling_small -c 'CREATE EXTENSION eventstore' >/dev/null
 	scaling_prepare_db scaling_small
@@ -245,7 +245,7 @@ SQL
 			"$(bench_fmt 3 "$load_ms")" "$(bench_fmt 3 "$s_load_ms")" "$load_buf" "$s_load_buf" "$levels" \
 			>> "$work/scaling.md"
 	done
-	bench_psql -c 'DROP DATABASE scaling_small' -c 'DROP EXTENSION pageinspect' >/dev/null
+	bench_psql -c 'DROP DATABASE scaling_small WITH (FORCE)' -c 'DROP EXTENSION pageinspect' >/dev/null
 	{
 		echo
 		echo "scaling: small store = $small events (+ 10,000 in agg-N + the append runs' events);"

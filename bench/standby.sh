@@ -13,6 +13,9 @@
 # Then what a standby costs the primary's appends: one-event appends to
 # new streams (pgbench, 8 clients, as bench/append.sh) with the standby
 # streaming against the same with the standby stopped, alternating.
+# The same appends with the relay publishing the read horizon against
+# the database not served (eventstore.database = 'nosuchdb': no relay, no
+# publication; a restart each time), the standby stopped.
 # Last, how long after an append's commit its event can be read on the
 # standby (bench/standby_lag.py): the row itself (replication alone) and
 # through read_all (replication and the read horizon the primary's relay
@@ -27,6 +30,27 @@ standby_reads() {
 	max=$(scaling_port=$1 scaling_psql postgres -Atc 'SELECT max(global_position) FROM eventstore.events')
 	read_ms=$(scaling_port=$1 scaling_median_ms postgres scl_read -D maxpos="$((max - 1000))") || return 1
 	load_ms=$(scaling_port=$1 scaling_median_ms postgres scl_load) || return 1
+}
+
+# Restart the bench server with eventstore.database = $1 (empty: as in
+# postgresql.conf, postgres) and wait until a relay serves database
+# postgres, or (another name) none does
+standby_serve() {
+	local want=t
+	if [ -n "$1" ]; then
+		bench_psql -c "ALTER SYSTEM SET eventstore.database = '$1'" >/dev/null
+	else
+		bench_psql -c 'ALTER SYSTEM RESET eventstore.database' >/dev/null
+	fi
+	as_pg pg_ctl -D "$work/data" -l "$work/server.log" -w -m fast restart >/dev/null
+	[ "${1:-postgres}" = postgres ] || want=f
+	for _ in $(seq 100); do
+		[ "$(bench_value "SELECT EXISTS (SELECT FROM pg_stat_activity
+			WHERE backend_type = 'eventstore relay' AND datname = 'postgres')")" = $want ] && return 0
+		sleep 0.1
+	done
+	echo "bench: no relay follows eventstore.database = '$1'" >&2
+	return 1
 }
 
 bench_standby_part() {
@@ -92,6 +116,26 @@ SQL
 	bench_result "append, 1 event, a hot standby streaming (tps)" "$(bench_fmt 0 "$(bench_median < "$work/alt.es")")" \
 		"$(bench_fmt 0 "$(bench_median < "$work/alt.base")") no standby" \
 		"$(bench_fmt 2 "$(bench_median < "$work/alt.ratio")")" "(cost)" ""
+	bench_standby_catch_up
+
+	# Appends on the primary (no standby): the relay publishing the read
+	# horizon, or the database not served (no relay, nothing published)
+	bench_standby stop
+	: > "$work/alt.base"; : > "$work/alt.es"; : > "$work/alt.ratio"
+	for i in $(seq "$BENCH_PAIRS"); do
+		standby_serve nosuchdb
+		b=$(bench_tps sb_append -D one='{"type": "Placed", "data": {"total": 30}}')
+		standby_serve ''
+		e=$(bench_tps sb_append -D one='{"type": "Placed", "data": {"total": 30}}')
+		echo "$b" >> "$work/alt.base"
+		echo "$e" >> "$work/alt.es"
+		bench_div "$e" "$b" >> "$work/alt.ratio"
+	done
+	bench_result "append, 1 event, the relay publishing the read horizon (tps)" \
+		"$(bench_fmt 0 "$(bench_median < "$work/alt.es")")" \
+		"$(bench_fmt 0 "$(bench_median < "$work/alt.base")") not published" \
+		"$(bench_fmt 2 "$(bench_median < "$work/alt.ratio")")" "(cost)" ""
+	bench_standby start
 	bench_standby_catch_up
 
 	# Commit on the primary -> readable on the standby

@@ -53,10 +53,13 @@ def main():
     plain, read_all = [], []
     plain_missed = read_all_missed = errors = 0
     for i in range(count):
+        stream = f"lag-{time.time_ns()}-{i}"
         pc.execute("SELECT eventstore.append(%s, 0, '[{\"type\": \"Lagged\", \"data\": {}}]')",
-                   (f"lag-{time.time_ns()}-{i}",))
-        pos = pc.fetchone()[0]
+                   (stream,))
         t0 = time.monotonic()
+        # append returns the stream's version: the position from the primary
+        pc.execute("SELECT global_position FROM eventstore.events WHERE stream_id = %s", (stream,))
+        pos = pc.fetchone()[0]
         t_plain = t_read = None
         query = CHECK
         while time.monotonic() - t0 < 5 and (t_plain is None or t_read is None):
