@@ -21,7 +21,9 @@
 #    `agg-N` appended one event at a time in turn, so that each stream's
 #    events lie on 100 different pages; median of SCALING_CALLS calls and
 #    the buffers of the call (EXPLAIN of the function scan).
-# Prints a table of the steps at the end (to stderr, with the rest).
+# Prints a table of the steps at the end (to stderr, with the rest), and
+# leaves it in $work/scaling.md, notes in $work/scaling-notes.md (bench/run
+# writes them into docs/scaling.md).
 
 : "${SCALING_STEPS:=1000000 2000000 5000000 10000000}"
 : "${SCALING_STREAMS:=100000}"
@@ -182,9 +184,9 @@ SQL
 SELECT * FROM eventstore.load_aggregate('agg-' || :n);
 SQL
 
-	echo "| events | fill: events/s | append tps: big / small | table MB per M events | indexes MB per M | streams MB | read_all page ms: big / small | its buffers: big / small | load_aggregate 100 ms: big / small | its buffers: big / small | B-tree levels: position / stream |" \
+	echo "| events | fill: events/s | append tps: big / small | table + indexes GB | table MB per M events | indexes MB per M | streams MB | read_all page ms: big / small | its buffers: big / small | load_aggregate 100 ms: big / small | its buffers: big / small | B-tree levels: position / stream |" \
 		> "$work/scaling.md"
-	echo "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" >> "$work/scaling.md"
+	echo "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" >> "$work/scaling.md"
 	for target in "${steps[@]}"; do
 		per=$(( (target - filled) / SCALING_STREAMS ))
 		echo "  filling to $target events ($per per stream)" >&2
@@ -236,8 +238,9 @@ SQL
 		bench_result "scaling, $n events: load_aggregate, 100 events (ms)" "$(bench_fmt 3 "$load_ms")" \
 			"$(bench_fmt 3 "$s_load_ms") small store" "$(bench_fmt 2 "$(bench_div "$s_load_ms" "$load_ms")")" \
 			"(report)" ""
-		printf '| %s | %s | %s / %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n' \
+		printf '| %s | %s | %s / %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n' \
 			"$events" "$(bench_fmt 0 "$rate")" "$(bench_fmt 0 "$tps_es")" "$(bench_fmt 0 "$tps_base")" \
+			"$(bench_fmt 2 "$(bench_div "$heap + $idx" 1073741824)")" \
 			"$(bench_fmt 1 "$(bench_div "$heap * $per_m" 1048576)")" \
 			"$(bench_fmt 1 "$(bench_div "$idx * $per_m" 1048576)")" \
 			"$(bench_fmt 1 "$(bench_div "$streams" 1048576)")" \
@@ -247,13 +250,19 @@ SQL
 	done
 	bench_psql -c 'DROP DATABASE scaling_small WITH (FORCE)' -c 'DROP EXTENSION pageinspect' >/dev/null
 	{
-		echo
-		echo "scaling: small store = $small events (+ 10,000 in agg-N + the append runs' events);"
-		echo "data bytes per event (avg pg_column_size): $(bench_value "SELECT round(avg(pg_column_size(data)))
-			FROM (SELECT data FROM eventstore.events WHERE category = 'scale' LIMIT 10000) d")"
+		echo "- small store: $small events in $(( small / 10 )) streams of 10, the 100 streams of"
+		echo "  agg-N, and the events of the append runs (one per new stream)"
+		echo "- data per event: $(bench_value "SELECT round(avg(pg_column_size(data)))
+			FROM (SELECT data FROM eventstore.events WHERE category = 'scale' LIMIT 10000) d") bytes"
+		echo "  (pg_column_size of the jsonb, average)"
 		bench_value "SELECT string_agg(format('%s %s MB', indexrelid::regclass,
 			round(pg_relation_size(indexrelid) / 1048576.0)), ', ')
-			FROM pg_index WHERE indrelid = 'eventstore.events'::regclass" | sed 's/^/indexes: /'
+			FROM pg_index WHERE indrelid = 'eventstore.events'::regclass" | sed 's/^/- indexes at the end: /'
+	} > "$work/scaling-notes.md"
+	{
+		echo
+		cat "$work/scaling-notes.md"
+		echo
 		cat "$work/scaling.md"
 		echo
 	} >&2
