@@ -240,7 +240,7 @@ SQL
 			"(report)" ""
 		printf '| %s | %s | %s / %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n' \
 			"$events" "$(bench_fmt 0 "$rate")" "$(bench_fmt 0 "$tps_es")" "$(bench_fmt 0 "$tps_base")" \
-			"$(bench_fmt 2 "$(bench_div "$heap + $idx" 1073741824)")" \
+			"$(bench_fmt 2 "$(bench_div "($heap + $idx)" 1073741824)")" \
 			"$(bench_fmt 1 "$(bench_div "$heap * $per_m" 1048576)")" \
 			"$(bench_fmt 1 "$(bench_div "$idx * $per_m" 1048576)")" \
 			"$(bench_fmt 1 "$(bench_div "$streams" 1048576)")" \
