@@ -34,7 +34,7 @@
  * ahead), so there the horizon is one the primary published: its relay
  * (one per database) computes the horizon as above after appends end, at
  * most every ES_PUBLISH_INTERVAL_MS, and stores it with setval() in the
- * sequence eventstore.events_published_horizon, then flushes the WAL.  The
+ * sequence eventstore.events_published_horizon (WAL-logged).  The
  * value was valid on the primary for every snapshot taken after it was
  * computed, so for every snapshot that sees the setval: the commits of the
  * transactions no longer in the lock table came before it in the WAL, and
@@ -79,7 +79,7 @@ static const struct
 #define ES_PUBLISHED_HORIZON_SEQ "events_published_horizon"
 
 /* The relay publishes the horizon at most this often (while appends end) */
-#define ES_PUBLISH_INTERVAL_MS 10
+#define ES_PUBLISH_INTERVAL_MS 20
 
 /* The local transaction that already holds its horizon lock, per sequence */
 static LocalTransactionId horizon_lxid[lengthof(es_horizons)];
@@ -215,7 +215,6 @@ EsPublishHorizon(void)
 	static Oid	published_seq = InvalidOid;
 	static int64 published = 0;
 	Oid			seqoid;
-	XLogRecPtr	lsn = InvalidXLogRecPtr;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -240,14 +239,15 @@ EsPublishHorizon(void)
 		{
 			(void) DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seqoid),
 									   Int64GetDatum(horizon));
-			lsn = GetXLogInsertRecPtr();
 			published = horizon;
 		}
 	}
+	/*
+	 * An asynchronous commit (the relay's synchronous_commit is off): the
+	 * WAL writer flushes it within wal_writer_delay, sooner when others
+	 * commit, and standbys receive it then.
+	 */
 	CommitTransactionCommand();
-	/* Standbys receive only flushed WAL */
-	if (!XLogRecPtrIsInvalid(lsn))
-		XLogFlush(lsn);
 	return true;
 }
 

@@ -66,8 +66,13 @@
  * message for the sink whose step failed, and that pipeline tries again
  * after a backoff while the others go on.  The window survives in memory:
  * what was sent is recorded later, never sent again for that.
- * FATAL (SIGTERM) still ends it; the postmaster starts it again after
- * bgw_restart_time, and all progress is in the tables.
+ * FATAL (SIGTERM) still ends it; the launcher (launcher.c) starts it again
+ * after 2 seconds, and all progress is in the tables.
+ *
+ * Each relay serves one database, given by the launcher, in a slot of
+ * shared memory (shmem.c).  It ends when its database has no extension
+ * (dropped, or never created there).  It also publishes the read horizon
+ * for hot standbys after appends end (horizon.c).
  */
 #include "postgres.h"
 
@@ -1120,9 +1125,8 @@ eventstore_relay_main(Datum arg)
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext error_cxt;
 	Oid			database;
-	/* static: they survive an ERROR (longjmp) */
-	static TimestampTz published_at = 0;
-	static bool publish = false;
+	/* static: it survives an ERROR (longjmp) */
+	static TimestampTz publish_due = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -1190,24 +1194,24 @@ eventstore_relay_main(Datum arg)
 			EsRelayEndWithoutExtension();
 		}
 
-		/* Appends ended: publish the read horizon for hot standbys */
-		publish = EsRelayTakeHorizonWanted() || publish;
-		if (publish)
+		/*
+		 * Appends ended: publish the read horizon for hot standbys, at most
+		 * every EsPublishIntervalMs().  The request is taken only when due,
+		 * so that appends ending meanwhile find it set and do not wake us.
+		 */
+		if (GetCurrentTimestamp() >= publish_due)
 		{
-			TimestampTz due = TimestampTzPlusMilliseconds(published_at,
-														  EsPublishIntervalMs());
-
-			if (GetCurrentTimestamp() >= due)
+			if (EsRelayTakeHorizonWanted())
 			{
 				es_round_step = "publishing the read horizon";
 				es_relay_no_extension = !EsPublishHorizon();
 				EsRelayEndWithoutExtension();
-				published_at = GetCurrentTimestamp();
-				publish = false;
+				publish_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  EsPublishIntervalMs());
 			}
-			else
-				wake = due;
 		}
+		else
+			wake = publish_due;
 
 		for (i = 0; i < ES_NUM_SINKS; i++)
 		{

@@ -18,11 +18,10 @@
  */
 #include "postgres.h"
 
-#include "commands/dbcommands.h"
-
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "mb/pg_wchar.h"
 #include "nodes/makefuncs.h"
