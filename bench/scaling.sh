@@ -250,6 +250,7 @@ SQL
 	done
 	bench_psql -c 'DROP DATABASE scaling_small WITH (FORCE)' -c 'DROP EXTENSION pageinspect' >/dev/null
 	{
+		echo "- steps: $SCALING_STEPS events (fill), in $SCALING_STREAMS streams of category scale"
 		echo "- small store: $small events in $(( small / 10 )) streams of 10, the 100 streams of"
 		echo "  agg-N, and the events of the append runs (one per new stream)"
 		echo "- data per event: $(bench_value "SELECT round(avg(pg_column_size(data)))
