@@ -189,10 +189,17 @@ typedef struct EsRelayStats
 
 /* shmem.c */
 extern void EsShmemInit(void);
-extern int	EsClaimRelaySlot(Oid database);
+extern int	EsClaimRelaySlot(Oid database, uint32 *generation);
 extern bool EsFreeRelaySlot(int i);
-extern Oid	EsRelaySlotDatabase(int i, bool *ended);
-extern bool EsAttachRelaySlot(int i);
+extern Oid	EsRelaySlotDatabase(int i, bool *attached, bool *ended);
+extern bool EsAttachRelaySlot(int i, uint32 generation);
+
+/* What the launcher gives a relay in bgw_extra */
+typedef struct EsRelayArgs
+{
+	Oid			database;
+	uint32		generation;		/* of its slot's claim (EsClaimRelaySlot) */
+} EsRelayArgs;
 extern void EsDetachRelaySlot(bool no_extension);
 extern void EsSetLauncherLatch(Latch *latch);
 extern void EsWakeLauncher(void);

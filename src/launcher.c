@@ -17,9 +17,10 @@
  * there.
  *
  * At most eventstore.max_relays relays run (the shared-memory slots), and
- * each needs a background worker slot (max_worker_processes): a database
- * that gets none is warned about once in the log, shows "not_served" in
- * relay_status() when the relay slots are full, and is tried again later.
+ * each needs a background worker slot (max_worker_processes).  A database
+ * that gets no relay slot shows "not_served" in relay_status(), and its
+ * sessions warn when they enqueue; running out of background worker slots
+ * is warned about in the log.  Either way it is tried again later.
  *
  * The launcher starts once recovery has finished: on a hot standby nothing
  * runs; after a promotion the postmaster starts it and it starts the relays.
@@ -68,7 +69,6 @@ typedef struct EsServedDb
 	bool		absent;			/* its relay found no extension */
 	bool		recheck;		/* woken to look again since its relay started */
 	TimestampTz not_before; /* when its relay may start (again) */
-	bool		warned;			/* the log said it has no relay */
 } EsServedDb;
 
 static EsServedDb *es_dbs = NULL;
@@ -185,7 +185,10 @@ EsLauncherScan(void)
 
 /*
  * As the launcher starts: take over the slots of relays a previous launcher
- * started (they run on), and free those of relays that ended
+ * started that run (attached), and free the others: those of relays that
+ * ended, and those of relays not attached yet, which may never attach (one
+ * that dies on its way cannot say so).  A relay that comes late finds its
+ * claim over (EsAttachRelaySlot) and ends; this launcher starts another.
  */
 static void
 EsLauncherAdopt(void)
@@ -194,15 +197,16 @@ EsLauncherAdopt(void)
 
 	for (i = 0; i < es_max_relays; i++)
 	{
+		bool		attached;
 		bool		ended;
-		Oid			database = EsRelaySlotDatabase(i, &ended);
+		Oid			database = EsRelaySlotDatabase(i, &attached, &ended);
 
 		if (!OidIsValid(database))
 			continue;
-		if (ended)
-			(void) EsFreeRelaySlot(i);
-		else
+		if (attached && !ended)
 			EsServedDbEntry(database, "")->slot = i;
+		else
+			(void) EsFreeRelaySlot(i);
 	}
 }
 
@@ -219,6 +223,7 @@ EsLauncherReap(TimestampTz now)
 	{
 		EsServedDb *db = &es_dbs[i];
 		pid_t		pid;
+		bool		attached;
 		bool		ended;
 
 		if (db->slot < 0)
@@ -230,7 +235,7 @@ EsLauncherReap(TimestampTz now)
 			pfree(db->handle);
 			db->handle = NULL;
 		}
-		else if (EsRelaySlotDatabase(db->slot, &ended) == db->oid && !ended)
+		else if (EsRelaySlotDatabase(db->slot, &attached, &ended) == db->oid && !ended)
 			continue;
 		db->absent = EsFreeRelaySlot(db->slot);
 		db->slot = -1;
@@ -250,38 +255,51 @@ EsLauncherReap(TimestampTz now)
 	}
 }
 
-/* Start the relay of 'db'; false (and warned once) when no slot is free */
+/*
+ * Start the relay of 'db'; false when no relay slot or no background worker
+ * slot is free.  A full set of relay slots is not warned about here: the
+ * database may have no extension (its sessions warn, see
+ * EsWarnIfNotServed, and relay_status() says why).  Running out of
+ * background worker slots is warned about once.
+ */
 static bool
 EsLauncherStartRelay(EsServedDb *db, TimestampTz now)
 {
+	static bool warned = false;
 	BackgroundWorker worker;
-	int			slot = EsClaimRelaySlot(db->oid);
+	EsRelayArgs args;
+	int			slot = EsClaimRelaySlot(db->oid, &args.generation);
 
 	if (slot >= 0)
 	{
 		EsDescribeWorker(&worker, "eventstore_relay_main", "eventstore relay",
 						 BGW_NEVER_RESTART);
 		worker.bgw_main_arg = Int32GetDatum(slot);
-		memcpy(worker.bgw_extra, &db->oid, sizeof(Oid));
+		args.database = db->oid;
+		StaticAssertStmt(sizeof(EsRelayArgs) <= BGW_EXTRALEN, "EsRelayArgs too large");
+		memcpy(worker.bgw_extra, &args, sizeof(EsRelayArgs));
 		worker.bgw_notify_pid = MyProcPid;
 		if (RegisterDynamicBackgroundWorker(&worker, &db->handle))
 		{
 			db->slot = slot;
 			db->recheck = false;
-			db->warned = false;
 			return true;
 		}
 		(void) EsFreeRelaySlot(slot);
 		db->handle = NULL;
+		if (!warned)
+			ereport(WARNING,
+					(errmsg("no background worker slot is free for the eventstore relay of database \"%s\"",
+							db->name),
+					 errdetail("The relays of other databases may be missing too; the launcher tries again every %d seconds.",
+							   ES_LAUNCHER_NO_SLOT_SECS),
+					 errhint("Raise max_worker_processes (a server restart).")));
+		warned = true;
 	}
-	if (!db->warned)
-		ereport(WARNING,
-				(errmsg("no eventstore relay can start for database \"%s\"", db->name),
-				 slot < 0 ?
-				 errdetail("All %d relay slots are taken (eventstore.max_relays).", es_max_relays) :
-				 errdetail("No background worker slot is free."),
-				 errhint("Raise eventstore.max_relays and max_worker_processes (a server restart), or set eventstore.database to the one database to serve.")));
-	db->warned = true;
+	else
+		ereport(DEBUG1,
+				(errmsg("eventstore launcher: every relay slot is taken, database \"%s\" waits",
+						db->name)));
 	db->not_before = TimestampTzPlusMilliseconds(now, 1000 * ES_LAUNCHER_NO_SLOT_SECS);
 	return false;
 }

@@ -329,23 +329,38 @@ EsDatabaseIsServed(void)
 
 /*
  * Warn, once per session, that messages enqueued here are not relayed: the
- * relay serves another database (eventstore.database)
+ * relays serve another database (eventstore.database), or every relay slot
+ * is taken by other databases (eventstore.max_relays)
  */
 void
 EsWarnIfNotServed(void)
 {
 	static bool warned = false;
 
-	if (warned || EsDatabaseIsServed())
+	if (warned)
 		return;
-	warned = true;
-	ereport(WARNING,
-			(errcode(ERRCODE_WARNING),
-			 errmsg("database \"%s\" is not served by the eventstore relay",
-					get_database_name(MyDatabaseId)),
-			 errdetail("The relay serves database \"%s\"; messages enqueued here stay in eventstore.outbox.",
-					   es_database),
-			 errhint("Set eventstore.database to this database (a server restart) to relay its outbox.")));
+	if (!EsDatabaseIsServed())
+	{
+		warned = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("database \"%s\" is not served by the eventstore relay",
+						get_database_name(MyDatabaseId)),
+				 errdetail("The relay serves database \"%s\"; messages enqueued here stay in eventstore.outbox.",
+						   es_database),
+				 errhint("Set eventstore.database to this database, or empty it to serve every database (a server restart), to relay its outbox.")));
+	}
+	else if (EsRelaySlotsFull())
+	{
+		warned = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("database \"%s\" is not served by the eventstore relay",
+						get_database_name(MyDatabaseId)),
+				 errdetail("Every relay slot is taken by another database (eventstore.max_relays = %d); messages enqueued here stay in eventstore.outbox.",
+						   es_max_relays),
+				 errhint("Raise eventstore.max_relays (a server restart) to relay this database's outbox.")));
+	}
 }
 
 /*

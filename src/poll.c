@@ -25,7 +25,9 @@
  * partition's checkpoint (as replicated) and below the horizon the
  * primary published (horizon.c), stops before an event the filter fails on
  * (as in 'park' mode), and leaves requeued dead letters and the
- * checkpoint's moves to polls on the primary.  Acknowledge there.
+ * checkpoint's moves to polls on the primary.  Acknowledge there.  It
+ * waits only with hot_standby_feedback on: a waiting poll keeps its
+ * statement's snapshot, which the primary's cleanup would conflict with.
  */
 #include "postgres.h"
 
@@ -33,6 +35,7 @@
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
+#include "replication/walreceiver.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -666,6 +669,12 @@ eventstore_poll(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_count must not be negative: %lld", (long long) max_count)));
 	wait_ms = EsWaitMs(PG_GETARG_INTERVAL_P(2));
+	if (wait_ms > 0 && RecoveryInProgress() && !hot_standby_feedback)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("poll cannot wait on a hot standby without hot_standby_feedback"),
+				 errdetail("A waiting poll keeps its snapshot: the primary's cleanup of rows it may see would stop replay behind it and cancel it after max_standby_streaming_delay."),
+				 errhint("Set hot_standby_feedback = on on this standby, or poll with wait => '0' and sleep between polls.")));
 	if (!PG_ARGISNULL(3) && partition < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -1117,26 +1117,30 @@ EsRelayRevisitAll(void)
 
 /*
  * The relay worker's entry point: 'arg' is the slot the launcher claimed
- * for it, bgw_extra the OID of its database
+ * for it, bgw_extra its database and the claim's generation (EsRelayArgs)
  */
 void
 eventstore_relay_main(Datum arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext error_cxt;
-	Oid			database;
+	EsRelayArgs args;
 	/* static: it survives an ERROR (longjmp) */
 	static TimestampTz publish_due = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
-	if (!EsAttachRelaySlot(DatumGetInt32(arg)))
-		ereport(FATAL,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("eventstore relay slot %d is not for database %u", DatumGetInt32(arg), database)));
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(EsRelayArgs));
+	BackgroundWorkerInitializeConnectionByOid(args.database, InvalidOid, 0);
+	if (!EsAttachRelaySlot(DatumGetInt32(arg), args.generation))
+	{
+		/* A launcher that started meanwhile freed our slot, and starts another */
+		ereport(LOG,
+				(errmsg("eventstore relay for database %u ends: its slot was given up while it started",
+						args.database)));
+		proc_exit(0);
+	}
 	before_shmem_exit(EsRelayExit, (Datum) 0);
 	EsRelaySessionSettings();
 	EsRelayInstallPlannerHook();

@@ -50,6 +50,7 @@ typedef struct EsCommitMark
 typedef struct EsRelaySlot
 {
 	Oid			database;		/* InvalidOid: the slot is free */
+	uint32		generation;		/* which claim of the slot this is */
 	Latch	   *latch;			/* the relay's latch, NULL until it runs */
 	bool		revisit;		/* rows it passed may be ready: look again */
 	uint32		sinks;			/* bits (1 << sink) of the sinks committed rows are for */
@@ -66,6 +67,7 @@ typedef struct EsShared
 	slock_t		mutex;
 	Latch	   *launcher_latch; /* NULL while no launcher runs */
 	bool		launcher_rescan;	/* a database may have got the extension */
+	uint32		generations;	/* claims of relay slots so far */
 	ConditionVariable events_cv;	/* broadcast when appends end */
 	uint64		commits_written;	/* marks written since startup */
 	EsCommitMark commits[ES_COMMIT_MARKS];	/* a ring of the latest */
@@ -160,10 +162,11 @@ EsMySlot(void)
 
 /*
  * The launcher: claim a free slot for 'database' (its relay is about to
- * start); -1 when every slot is taken
+ * start); -1 when every slot is taken.  *generation tells this claim from
+ * earlier ones of the slot: only the relay given it may attach.
  */
 int
-EsClaimRelaySlot(Oid database)
+EsClaimRelaySlot(Oid database, uint32 *generation)
 {
 	int			i;
 	int			claimed = -1;
@@ -179,6 +182,8 @@ EsClaimRelaySlot(Oid database)
 			continue;
 		memset(slot, 0, sizeof(EsRelaySlot));
 		slot->database = database;
+		slot->generation = ++es_shared->generations;
+		*generation = slot->generation;
 		claimed = i;
 	}
 	SpinLockRelease(&es_shared->mutex);
@@ -202,27 +207,29 @@ EsFreeRelaySlot(int i)
 }
 
 /*
- * The launcher, as it starts: the database slot 'i' is claimed for
- * (InvalidOid: free), and whether its relay ended
+ * The database slot 'i' is claimed for (InvalidOid: free); whether its
+ * relay attached, and whether it ended since
  */
 Oid
-EsRelaySlotDatabase(int i, bool *ended)
+EsRelaySlotDatabase(int i, bool *attached, bool *ended)
 {
 	Oid			database;
 
 	SpinLockAcquire(&es_shared->mutex);
 	database = es_shared->slots[i].database;
+	*attached = es_shared->slots[i].latch != NULL || es_shared->slots[i].ended;
 	*ended = es_shared->slots[i].ended;
 	SpinLockRelease(&es_shared->mutex);
 	return database;
 }
 
 /*
- * A relay: attach to slot 'i' the launcher claimed for this database, and
- * publish our latch; false if the slot is not this database's
+ * A relay: attach to slot 'i' the launcher claimed for this database with
+ * 'generation', and publish our latch; false if that claim is over (a
+ * launcher that started afterwards freed the slot)
  */
 bool
-EsAttachRelaySlot(int i)
+EsAttachRelaySlot(int i, uint32 generation)
 {
 	EsRelaySlot *slot;
 	int			s;
@@ -232,7 +239,8 @@ EsAttachRelaySlot(int i)
 		return false;
 	SpinLockAcquire(&es_shared->mutex);
 	slot = &es_shared->slots[i];
-	ok = slot->database == MyDatabaseId && slot->latch == NULL;
+	ok = slot->database == MyDatabaseId && slot->generation == generation &&
+		slot->latch == NULL && !slot->ended;
 	if (ok)
 	{
 		slot->latch = MyLatch;
