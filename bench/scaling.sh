@@ -1,4 +1,4 @@
-# Part of bench/run, not in the default run (it takes about 20 minutes):
+# Part of bench/run, not in the default run (it takes about 15 minutes):
 # `bench/run scaling`.  One store grown in steps to 10 million events
 # (SCALING_STEPS, default 1, 2, 5 and 10 million) in SCALING_STREAMS
 # streams (default 100,000) of category `scale`, each event's data a jsonb
