@@ -13,6 +13,7 @@ bench_psql() { as_pg psql -X -q -h "$work" -p "$port" -U postgres -d postgres -v
 bench_pgbench() { as_pg pgbench -h "$work" -p "$port" -U postgres "$@" postgres; }
 
 bench_cleanup() {
+	[ -d "$work/standby" ] && { as_pg pg_ctl -D "$work/standby" -m immediate stop >/dev/null 2>&1 || true; }
 	as_pg pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
 	test/tools/brokers.sh rabbitmq-stop "$work/rabbitmq" || true
 	test/tools/brokers.sh nats-stop "$work/nats" || true
@@ -59,4 +60,39 @@ bench_start_pg() {
 	} >> "$work/data/postgresql.conf"
 	as_pg pg_ctl -D "$work/data" -l "$work/server.log" -w start >/dev/null
 	bench_psql -c 'CREATE EXTENSION eventstore'
+}
+
+# Start a streaming hot standby of the server in $work/standby (a base
+# backup with a replication slot, eventstore preloaded, the server's other
+# settings) on the next port; sets $standby_port.  bench_standby_psql runs
+# psql there; bench_standby stop / start stop and restart it.
+bench_start_standby() {
+	standby_port=$((port + 1))
+	as_pg pg_basebackup -h "$work" -p "$port" -U postgres -D "$work/standby" -R -X stream -c fast \
+		-C -S bench_standby
+	{
+		echo "port = $standby_port"
+		echo "hot_standby = on"
+		echo "shared_preload_libraries = 'eventstore'"
+	} >> "$work/standby/postgresql.conf"
+	bench_standby start
+}
+bench_standby_psql() {
+	as_pg psql -X -q -h "$work" -p "$standby_port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"
+}
+bench_standby() {
+	as_pg pg_ctl -D "$work/standby" -l "$work/standby.log" -w "$1" >/dev/null
+}
+
+# Wait until the standby has replayed everything the server has written
+# (at most $1 seconds, default 600)
+bench_standby_catch_up() {
+	local lsn
+	lsn=$(bench_psql -Atc 'SELECT pg_current_wal_lsn()')
+	for _ in $(seq $((${1:-600} * 20))); do
+		[ "$(bench_standby_psql -Atc "SELECT pg_last_wal_replay_lsn() >= '$lsn'")" = t ] && return 0
+		sleep 0.05
+	done
+	echo "bench: the standby did not catch up with $lsn" >&2
+	return 1
 }
