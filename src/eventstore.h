@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlogdefs.h"
 #include "executor/spi.h"
 #include "tcop/dest.h"
 #include "storage/latch.h"
@@ -70,7 +71,8 @@ extern int64 EsHorizon(EsSequence seq);
 extern int64 EsLastValue(EsSequence seq);
 extern Oid	EsLastSequenceRead(EsSequence seq);
 extern int64 EsSequenceLastValue(Oid seqoid, Oid reader);
-extern bool EsPublishHorizon(void);
+extern bool EsPublishHorizon(XLogRecPtr *lsn);
+extern void EsFlushPublishedHorizon(XLogRecPtr lsn);
 extern int	EsPublishIntervalMs(void);
 
 /* eventstore.c: settings */

@@ -34,7 +34,8 @@
  * ahead), so there the horizon is one the primary published: its relay
  * (one per database) computes the horizon as above after appends end, at
  * most every ES_PUBLISH_INTERVAL_MS, and stores it with setval() in the
- * sequence eventstore.events_published_horizon (WAL-logged).  The
+ * sequence eventstore.events_published_horizon (WAL-logged; the relay
+ * flushes it once appends stop, their commits flush it before).  The
  * value was valid on the primary for every snapshot taken after it was
  * computed, so for every snapshot that sees the setval: the commits of the
  * transactions no longer in the lock table came before it in the WAL, and
@@ -206,16 +207,18 @@ EsPublishedHorizon(void)
 /*
  * The relay: publish the events horizon for hot standbys (see the file
  * header), in a transaction of its own, if it moved up (the caller waits
- * EsPublishIntervalMs() between two calls).  False when this database has
+ * EsPublishIntervalMs() between two calls).  *lsn: the end of the WAL
+ * written, InvalidXLogRecPtr if nothing was.  False when this database has
  * no extension.
  */
 bool
-EsPublishHorizon(void)
+EsPublishHorizon(XLogRecPtr *lsn)
 {
 	static Oid	published_seq = InvalidOid;
 	static int64 published = 0;
 	Oid			seqoid;
 
+	*lsn = InvalidXLogRecPtr;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (!OidIsValid(get_extension_oid("eventstore", true)))
@@ -240,15 +243,28 @@ EsPublishHorizon(void)
 			(void) DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seqoid),
 									   Int64GetDatum(horizon));
 			published = horizon;
+			*lsn = GetXLogInsertRecPtr();
 		}
 	}
 	/*
-	 * An asynchronous commit (the relay's synchronous_commit is off): the
-	 * WAL writer flushes it within wal_writer_delay, sooner when others
-	 * commit, and standbys receive it then.
+	 * An asynchronous commit (the relay's synchronous_commit is off): while
+	 * appends go on, their commits flush it; when they stop, the relay
+	 * flushes the last publication itself (EsFlushPublishedHorizon), rather
+	 * than leaving it to the WAL writer's wal_writer_delay.
 	 */
 	CommitTransactionCommand();
 	return true;
+}
+
+/*
+ * The relay, once appends stopped: flush the WAL up to the last publication
+ * ('lsn'), so that standbys receive it now
+ */
+void
+EsFlushPublishedHorizon(XLogRecPtr lsn)
+{
+	if (!XLogRecPtrIsInvalid(lsn))
+		XLogFlush(lsn);
 }
 
 /* How often the relay publishes the horizon at most, in milliseconds */

@@ -77,6 +77,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
@@ -1125,8 +1126,9 @@ eventstore_relay_main(Datum arg)
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext error_cxt;
 	EsRelayArgs args;
-	/* static: it survives an ERROR (longjmp) */
+	/* static: they survive an ERROR (longjmp) */
 	static TimestampTz publish_due = 0;
+	static XLogRecPtr unflushed = InvalidXLogRecPtr;	/* the last publication */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -1216,10 +1218,16 @@ eventstore_relay_main(Datum arg)
 			if (EsRelayTakeHorizonWanted())
 			{
 				es_round_step = "publishing the read horizon";
-				es_relay_no_extension = !EsPublishHorizon();
+				es_relay_no_extension = !EsPublishHorizon(&unflushed);
 				EsRelayEndWithoutExtension();
 				publish_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														  EsPublishIntervalMs());
+			}
+			else
+			{
+				/* No append ended for an interval: send the last one on */
+				EsFlushPublishedHorizon(unflushed);
+				unflushed = InvalidXLogRecPtr;
 			}
 		}
 		else
