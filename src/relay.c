@@ -1222,6 +1222,8 @@ eventstore_relay_main(Datum arg)
 				EsRelayEndWithoutExtension();
 				publish_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														  EsPublishIntervalMs());
+				/* Look again then: to publish again, or to flush this one */
+				wake = publish_due;
 			}
 			else
 			{
