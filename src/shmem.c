@@ -311,17 +311,50 @@ EsWakeLauncher(void)
 		SetLatch(latch);
 }
 
+/* Read a flag in shared memory and clear it */
+static bool
+EsTakeFlag(bool *flag)
+{
+	bool		was;
+
+	SpinLockAcquire(&es_shared->mutex);
+	was = *flag;
+	*flag = false;
+	SpinLockRelease(&es_shared->mutex);
+	return was;
+}
+
+/*
+ * Raise the flag at 'offset' (in EsRelaySlot) of the relay of 'database'
+ * and wake it; false when no relay is attached there.  Must not raise an
+ * error.
+ */
+static bool
+EsRaiseRelayFlag(Oid database, size_t offset)
+{
+	EsRelaySlot *slot;
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return false;
+	SpinLockAcquire(&es_shared->mutex);
+	slot = EsDatabaseSlot(database);
+	if (slot != NULL && slot->latch != NULL)
+	{
+		*(bool *) ((char *) slot + offset) = true;
+		latch = slot->latch;
+	}
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+	return latch != NULL;
+}
+
 /* The launcher: whether it was asked to look again (and clear it) */
 bool
 EsLauncherTakeRescan(void)
 {
-	bool		rescan;
-
-	SpinLockAcquire(&es_shared->mutex);
-	rescan = es_shared->launcher_rescan;
-	es_shared->launcher_rescan = false;
-	SpinLockRelease(&es_shared->mutex);
-	return rescan;
+	return EsTakeFlag(&es_shared->launcher_rescan);
 }
 
 /* Whether every relay slot is taken by another database than this one */
@@ -345,13 +378,7 @@ EsRelaySlotsFull(void)
 bool
 EsRelayTakeRevisit(void)
 {
-	bool		revisit;
-
-	SpinLockAcquire(&es_shared->mutex);
-	revisit = EsMySlot()->revisit;
-	EsMySlot()->revisit = false;
-	SpinLockRelease(&es_shared->mutex);
-	return revisit;
+	return EsTakeFlag(&EsMySlot()->revisit);
 }
 
 /* The sinks the relay was woken for since the last call (and clear them) */
@@ -371,26 +398,14 @@ EsRelayTakeSinks(void)
 bool
 EsRelayTakeHorizonWanted(void)
 {
-	bool		wanted;
-
-	SpinLockAcquire(&es_shared->mutex);
-	wanted = EsMySlot()->horizon_wanted;
-	EsMySlot()->horizon_wanted = false;
-	SpinLockRelease(&es_shared->mutex);
-	return wanted;
+	return EsTakeFlag(&EsMySlot()->horizon_wanted);
 }
 
 /* Whether an extension was dropped in the relay's database (and clear it) */
 bool
 EsRelayTakeCheckExtension(void)
 {
-	bool		check;
-
-	SpinLockAcquire(&es_shared->mutex);
-	check = EsMySlot()->check_extension;
-	EsMySlot()->check_extension = false;
-	SpinLockRelease(&es_shared->mutex);
-	return check;
+	return EsTakeFlag(&EsMySlot()->check_extension);
 }
 
 /*
@@ -400,34 +415,14 @@ EsRelayTakeCheckExtension(void)
 void
 EsWakeRelayToCheckExtension(void)
 {
-	EsRelaySlot *slot;
-	Latch	   *latch = NULL;
-
-	if (es_shared == NULL)
-		return;
-	SpinLockAcquire(&es_shared->mutex);
-	slot = EsDatabaseSlot(MyDatabaseId);
-	if (slot != NULL)
-	{
-		slot->check_extension = true;
-		latch = slot->latch;
-	}
-	SpinLockRelease(&es_shared->mutex);
-	if (latch != NULL)
-		SetLatch(latch);
+	(void) EsRaiseRelayFlag(MyDatabaseId, offsetof(EsRelaySlot, check_extension));
 }
 
 /* Whether the relay was asked to leave its database (and clear it) */
 bool
 EsRelayTakeLeave(void)
 {
-	bool		leave;
-
-	SpinLockAcquire(&es_shared->mutex);
-	leave = EsMySlot()->leave;
-	EsMySlot()->leave = false;
-	SpinLockRelease(&es_shared->mutex);
-	return leave;
+	return EsTakeFlag(&EsMySlot()->leave);
 }
 
 /*
@@ -437,22 +432,7 @@ EsRelayTakeLeave(void)
 bool
 EsAskRelayToLeave(Oid database)
 {
-	EsRelaySlot *slot;
-	Latch	   *latch = NULL;
-
-	if (es_shared == NULL)
-		return false;
-	SpinLockAcquire(&es_shared->mutex);
-	slot = EsDatabaseSlot(database);
-	if (slot != NULL && slot->latch != NULL)
-	{
-		slot->leave = true;
-		latch = slot->latch;
-	}
-	SpinLockRelease(&es_shared->mutex);
-	if (latch != NULL)
-		SetLatch(latch);
-	return latch != NULL;
+	return EsRaiseRelayFlag(database, offsetof(EsRelaySlot, leave));
 }
 
 /* How many messages the relay has in flight to a sink, for relay_status() */
